@@ -1,0 +1,11 @@
+"""TiTok-L32 at 256 px, single-stage pixel training (paper Table 3c recipe).
+
+  python main.py --config configs/titok_l32.py --workdir /path/to/workdir
+  python main.py --config configs/titok_l32.py:runlocal --workdir /tmp/titok_l32   # tiny CPU smoke run
+"""
+
+from configs import titok_model
+
+
+def get_config(arg=None):
+    return titok_model.titok_config("l32", arg)

@@ -1,0 +1,59 @@
+"""Entry point: train, evaluate, summarise or export a model described by an ml_collections config.
+
+  python main.py --config configs/titok_tiny.py --workdir runs/quickstart --mode train
+  python main.py --config configs/titok_l32.py:runlocal --workdir /tmp/l32 --config.train.num_steps=10
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "export"], "What to do.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/export (default: newest).")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output folder of --mode export.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Number of processes (with coordinator).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index (with coordinator).")
+_AUTO_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() auto-detect.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from titok_var import distributed
+
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _AUTO_DISTRIBUTED.value)
+    config = _CONFIG.value
+    mode = _MODE.value
+    if mode == "summary":
+        from titok_var.tools import summary
+
+        print(summary.format_counts(summary.parameter_counts(config)), flush=True)
+        return
+    if not _WORKDIR.value:
+        raise app.UsageError(f"--workdir is required for --mode {mode}")
+    workdir = os.path.abspath(_WORKDIR.value)
+    from titok_var.training import trainer
+
+    if mode == "train":
+        result = trainer.train(config, workdir)
+        if result.preempted:
+            logging.warning("stopped for preemption at step %d; run again to resume", int(result.state.step))
+    elif mode == "eval":
+        metrics = trainer.evaluate_checkpoint(config, workdir, _STEP.value)
+        print({k: round(v, 5) for k, v in metrics.items()}, flush=True)
+    elif mode == "export":
+        if not _EXPORT_DIR.value:
+            raise app.UsageError("--export_dir is required for --mode export")
+        from titok_var.tools import export
+
+        print(export.export_checkpoint(config, workdir, _EXPORT_DIR.value, _STEP.value), flush=True)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

@@ -1,0 +1,14 @@
+"""Model families by name: `config.model_name` picks the task that builds, trains and evaluates it."""
+
+from titok_var.tasks.tokenizer import TokenizerTask
+
+TASKS = {
+    "titok": TokenizerTask,
+}
+
+
+def get_task(config):
+    name = config.model_name
+    if name not in TASKS:
+        raise ValueError(f"unknown model_name {name!r}; known: {sorted(TASKS)}")
+    return TASKS[name](config)

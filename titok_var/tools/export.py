@@ -1,0 +1,70 @@
+"""Export: params only (EMA where present) + config JSON, loadable on any mesh with one call."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from titok_var import registry
+from titok_var.checkpointing.manager import config_to_json, parameter_shapes
+from titok_var.training import evaluation, state_init, trainer
+
+PARAMS_DIR = "params"
+CONFIG_FILE = "config.json"
+META_FILE = "export.json"
+
+
+def _write_json(path: str, payload: dict):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def export_checkpoint(config, workdir: str, export_dir: str, step: int | None = None, devices=None) -> str:
+    """Writes the evaluation parameters of a work dir's checkpoint to `export_dir`."""
+    exp = trainer.build_experiment(config, workdir, devices)
+    checkpointer = trainer.open_checkpointer(config, workdir)
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint to export in {checkpointer.directory}")
+    with exp.context():
+        state = trainer.restore_or_create(exp, checkpointer, step)
+        params = evaluation.eval_params(state, config)
+    checkpointer.close()
+    export_dir = os.path.abspath(export_dir)
+    params_path = os.path.join(export_dir, PARAMS_DIR)
+    if os.path.exists(params_path):
+        raise FileExistsError(f"{params_path} exists; choose a new export dir")
+    os.makedirs(export_dir, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer_:
+        checkpointer_.save(params_path, params)  # atomic: orbax renames a finished temp dir
+    if jax.process_index() == 0:
+        _write_json(os.path.join(export_dir, CONFIG_FILE), config_to_json(config))
+        used_ema = config.eval.use_ema and state.ema_params is not None
+        _write_json(os.path.join(export_dir, META_FILE), {
+            "model_name": config.model_name, "step": step, "ema": bool(used_ema),
+            "parameter_shapes": parameter_shapes(params)})
+    return export_dir
+
+
+def load_exported(export_dir: str, mesh=None):
+    """Returns (task, params, config) of an export; params are replicated on `mesh` (default: all
+    local devices as a data-parallel mesh), whatever device count wrote them."""
+    config_path = os.path.join(export_dir, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: {export_dir} is not a titok_var export")
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    task = registry.get_task(config)
+    if mesh is None:
+        mesh = jax.sharding.Mesh(jax.devices(), ("data",))
+    abstract = jax.eval_shape(lambda: state_init.unboxed_params(task, jax.random.key(0)))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(os.path.join(os.path.abspath(export_dir), PARAMS_DIR), target)
+    return task, params, config

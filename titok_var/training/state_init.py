@@ -1,0 +1,88 @@
+"""Creates the train state already sharded: shapes first, then placement inside jit."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from titok_var.sharding import rules as rules_lib
+from titok_var.training.train_state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """Abstract train state (shapes/dtypes) and the NamedSharding of every leaf."""
+
+    abstract: TrainState
+    shardings: TrainState
+
+
+def _is_spec(x):
+    return isinstance(x, PartitionSpec)
+
+
+def state_layout(task, tx: optax.GradientTransformation, config, mesh: Mesh, rules) -> StateLayout:
+    """Shapes and shardings of the train state, without allocating it."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed_params = jax.eval_shape(task.init_params, jax.random.key(0))
+    rules_lib.assert_rules_cover(boxed_params, rules)
+    rules_lib.assert_divisible(boxed_params, mesh, rules)
+    param_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_params), rules)
+    params = nn.unbox(boxed_params)
+    opt_state = jax.eval_shape(tx.init, params)
+    opt_specs = optax.tree_map_params(
+        tx,
+        lambda _, spec: spec,
+        opt_state,
+        param_specs,
+        transform_non_params=lambda _: PartitionSpec(),
+        is_leaf=_is_spec,
+    )
+    use_ema = config.train.ema_decay > 0
+    abstract = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        ema_params=params if use_ema else None,
+        rng=jax.eval_shape(lambda: jax.random.key(0)),
+    )
+    specs = TrainState(
+        step=PartitionSpec(),
+        params=param_specs,
+        opt_state=opt_specs,
+        ema_params=param_specs if use_ema else None,
+        rng=PartitionSpec(),
+    )
+    shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=_is_spec)
+    return StateLayout(abstract=abstract, shardings=shardings)
+
+
+def create_train_state(task, tx, config, mesh: Mesh, rules, layout: StateLayout) -> TrainState:
+    """Initialises parameters, optimizer state and EMA directly into their shardings."""
+    use_ema = config.train.ema_decay > 0
+
+    def init(seed_key):
+        init_key, train_key = jax.random.split(seed_key)
+        params = nn.unbox(task.init_params(init_key))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            ema_params=params if use_ema else None,
+            rng=train_key,
+        )
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        seed_key = jax.device_put(jax.random.key(config.seed), NamedSharding(mesh, PartitionSpec()))
+        return jax.jit(init, out_shardings=layout.shardings)(seed_key)
+
+
+def count_params(params) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def unboxed_params(task, rng):
+    return nn.unbox(task.init_params(rng))

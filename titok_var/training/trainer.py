@@ -1,0 +1,253 @@
+"""The generic train loop: build, restore or create, step, log, evaluate, checkpoint, stop."""
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from titok_var import registry
+from titok_var.checkpointing.manager import Checkpointer, config_to_json
+from titok_var.data import pipeline
+from titok_var.sharding import mesh as mesh_lib
+from titok_var.sharding import rules as rules_lib
+from titok_var.training import data_feed, ema, evaluation, optimizer, state_init
+from titok_var.training.preemption import PreemptionWatcher
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built from a config before the first step."""
+
+    config: object
+    workdir: str
+    mesh: Mesh
+    rules: tuple
+    task: object
+    tx: optax.GradientTransformation
+    layout: state_init.StateLayout
+
+    def context(self):
+        """The mesh and logical rules every trace must run under."""
+        return _Context(self.mesh, self.rules)
+
+
+class _Context:
+    def __init__(self, mesh, rules):
+        self.mesh, self.rules = mesh, rules
+
+    def __enter__(self):
+        self._mesh_cm = jax.set_mesh(self.mesh)
+        self._mesh_cm.__enter__()
+        self._rules_cm = nn.logical_axis_rules(self.rules)
+        self._rules_cm.__enter__()
+
+    def __exit__(self, *exc):
+        self._rules_cm.__exit__(*exc)
+        self._mesh_cm.__exit__(*exc)
+        return False
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: object
+    losses: dict[int, float]  # every step's loss
+    preempted: bool
+    eval_metrics: dict | None
+
+
+def build_experiment(config, workdir: str, devices=None) -> Experiment:
+    mesh = mesh_lib.make_mesh(dict(config.mesh), devices)
+    rules = rules_lib.rules_from_config(config.sharding_rules)
+    task = registry.get_task(config)
+    tx = optimizer.build_optimizer(config, task.trainable_mask())
+    layout = state_init.state_layout(task, tx, config, mesh, rules)
+    return Experiment(config, workdir, mesh, rules, task, tx, layout)
+
+
+def make_train_step(task, tx, config) -> Callable:
+    schedule = optimizer.learning_rate_schedule(config)
+    ema_decay = float(config.train.ema_decay)
+
+    def train_step(state, batch):
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, step_rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        step = state.step + 1
+        ema_params = state.ema_params
+        if ema_params is not None:
+            ema_params = ema.update_ema(ema_params, params, step, ema_decay)
+        metrics = dict(
+            metrics,
+            loss=loss,
+            grad_norm=optax.global_norm(grads),
+            param_norm=optax.global_norm(params),
+            learning_rate=schedule(state.step),
+        )
+        new_state = state.replace(step=step, params=params, opt_state=opt_state, ema_params=ema_params)
+        return new_state, metrics
+
+    return train_step
+
+
+def jit_train_step(exp: Experiment):
+    replicated = NamedSharding(exp.mesh, PartitionSpec())
+    return jax.jit(
+        make_train_step(exp.task, exp.tx, exp.config),
+        in_shardings=(exp.layout.shardings, mesh_lib.batch_sharding(exp.mesh)),
+        out_shardings=(exp.layout.shardings, replicated),
+        donate_argnums=0,
+    )
+
+
+def restore_or_create(exp: Experiment, checkpointer: Checkpointer, step: int | None = None):
+    """The newest (or the given) checkpoint of the work dir, else a fresh state."""
+    if step is None:
+        step = checkpointer.latest_step()
+    if step is None:
+        logging.info("no checkpoint in %s: initialising from seed %d", exp.workdir, exp.config.seed)
+        return state_init.create_train_state(exp.task, exp.tx, exp.config, exp.mesh, exp.rules, exp.layout)
+    logging.info("restoring step %d from %s", step, checkpointer.directory)
+    state, _ = checkpointer.restore(step, exp.layout.abstract, exp.layout.shardings, exp.config.model_name)
+    return state
+
+
+def checkpoint_meta(config) -> dict:
+    return {"model_name": config.model_name, "global_batch_size": config.train.global_batch_size,
+            "config": config_to_json(config)}
+
+
+def open_checkpointer(config, workdir: str) -> Checkpointer:
+    return Checkpointer(
+        workdir,
+        keep=config.train.keep_checkpoints,
+        keep_period=config.train.keep_period,
+        async_save=config.train.async_checkpointing,
+    )
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def _first_nonfinite(pending: list[tuple[int, dict]]) -> tuple[int, float] | None:
+    losses = jax.device_get([metrics["loss"] for _, metrics in pending])
+    for (step, _), loss in zip(pending, losses):
+        if not np.isfinite(loss):
+            return step, float(loss)
+    return None
+
+
+def _mean_metrics(pending: list[tuple[int, dict]]) -> dict[str, float]:
+    fetched = jax.device_get([metrics for _, metrics in pending])
+    return {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def train(config, workdir: str, *, devices=None, step_callback: Callable | None = None) -> TrainResult:
+    """Trains until `config.train.num_steps`, resuming from the newest checkpoint in `workdir`."""
+    exp = build_experiment(config, workdir, devices)
+    train_config = config.train
+    total = int(train_config.num_steps)
+    checkpointer = open_checkpointer(config, workdir)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    losses: dict[int, float] = {}
+    eval_metrics = None
+    preempted = False
+    with exp.context(), PreemptionWatcher() as watcher:
+        state = restore_or_create(exp, checkpointer)
+        start = int(jax.device_get(state.step))
+        if start == 0:
+            writer.write_hparams(_flat_config(config))
+        train_step = jit_train_step(exp)
+        hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                                 every_steps=train_config.log_every_steps)]
+        if train_config.profile_num_steps > 0:
+            hooks.append(periodic_actions.Profile(
+                logdir=workdir, first_profile=train_config.profile_first_step,
+                num_profile_steps=train_config.profile_num_steps))
+        stats = pipeline.PipelineStats()
+        batches = data_feed.train_iterator(config, exp.mesh, start, stats)
+        pending: list[tuple[int, dict]] = []
+
+        def check_finite():
+            bad = _first_nonfinite(pending)
+            if bad is not None:
+                checkpointer.wait()
+                raise NonFiniteLossError(
+                    f"loss became {bad[1]} at step {bad[0]}; training stopped. The last good checkpoint "
+                    f"is step {checkpointer.latest_step()} in {checkpointer.directory}"
+                )
+
+        def log_pending(step):
+            check_finite()
+            fetched = jax.device_get([m["loss"] for _, m in pending])
+            losses.update({s: float(v) for (s, _), v in zip(pending, fetched)})
+            scalars = _mean_metrics(pending)
+            scalars["train/skipped_corrupt_images"] = float(stats.skipped_corrupt)
+            writer.write_scalars(step, scalars)
+            pending.clear()
+
+        def save(step):
+            if pending:
+                log_pending(step)
+            checkpointer.save(state, dict(checkpoint_meta(config), data_position=step * train_config.global_batch_size))
+
+        for step in range(start + 1, total + 1):
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, metrics = train_step(state, next(batches))
+            pending.append((step, metrics))
+            for hook in hooks:
+                hook(step)
+            if step_callback is not None:
+                step_callback(step, state)
+            last = step == total
+            if step % train_config.log_every_steps == 0 or last:
+                log_pending(step)
+            if step % train_config.checkpoint_every_steps == 0 or last:
+                save(step)
+            if (train_config.eval_every_steps and step % train_config.eval_every_steps == 0) or last:
+                eval_metrics, rows = evaluation.evaluate(
+                    exp.task, evaluation.eval_params(state, config), exp.layout.shardings.params, config, exp.mesh)
+                evaluation.write_eval_outputs(workdir, step, eval_metrics, rows, writer)
+            if not last and watcher.requested():
+                logging.warning("preemption requested at step %d: saving a checkpoint and stopping", step)
+                save(step)
+                preempted = True
+                break
+        checkpointer.close()
+        writer.flush()
+    return TrainResult(state=state, losses=losses, preempted=preempted, eval_metrics=eval_metrics)
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=None) -> dict:
+    """Evaluates the newest (or given) checkpoint of `workdir`, writing metrics and a grid."""
+    exp = build_experiment(config, workdir, devices)
+    checkpointer = open_checkpointer(config, workdir)
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint to evaluate in {checkpointer.directory}")
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    with exp.context():
+        state = restore_or_create(exp, checkpointer, step)
+        metrics, rows = evaluation.evaluate(
+            exp.task, evaluation.eval_params(state, config), exp.layout.shardings.params, config, exp.mesh)
+        evaluation.write_eval_outputs(workdir, step, metrics, rows, writer)
+    checkpointer.close()
+    return metrics
+
+
+def _flat_config(config, prefix=""):
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            flat.update(_flat_config(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+    return flat
