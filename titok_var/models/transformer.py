@@ -53,24 +53,24 @@ class SelfAttention(nn.Module):
         head_dim = width // self.num_heads
 
         def projection(name):
-            return nn.DenseGeneral(
-                features=(self.num_heads, head_dim),
+            # Plain Dense over heads * head_dim: one torch Linear per projection in converters.
+            out = nn.Dense(
+                width,
                 dtype=self.dtype,
-                kernel_init=nn.with_logical_partitioning(
-                    nn.initializers.xavier_uniform(), ("embed", "heads", "kv")
-                ),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+                kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", "heads")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads",)),
                 name=name,
             )(x)
+            return out.reshape(*x.shape[:-1], self.num_heads, head_dim)
 
         query, key, value = projection("query"), projection("key"), projection("value")
         attended = jax.nn.dot_product_attention(query, key, value)
         attended = logical.constrain(attended, ("act_batch", "act_length", "act_heads", "act_kv"))
-        return nn.DenseGeneral(
-            features=width,
-            axis=(-2, -1),
+        attended = attended.reshape(*x.shape[:-1], width)
+        return nn.Dense(
+            width,
             dtype=self.dtype,
-            kernel_init=nn.with_logical_partitioning(dense_init(), ("heads", "kv", "embed")),
+            kernel_init=nn.with_logical_partitioning(dense_init(), ("heads", "embed")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             name="out",
         )(attended)

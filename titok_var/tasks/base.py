@@ -20,8 +20,9 @@ class Task(Protocol):
     def trainable_mask(self) -> Callable[[Any], Any] | None:
         """None to train everything, else params -> bool tree (False leaves are frozen)."""
 
-    def loss_fn(self, params, batch: dict, rng: jax.Array) -> tuple[jax.Array, Metrics]:
-        """Scalar training loss and metrics (means over the global batch)."""
+    def loss_fn(self, params, batch: dict, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
+        """Scalar training loss and metrics (means over the global batch); `step` counts the
+        updates already applied (for losses that start or ramp at a given step)."""
 
     def eval_step(self, params, batch: dict) -> tuple[dict, dict]:
         """(sums, preview): sums are added over all eval batches (padded rows masked out);

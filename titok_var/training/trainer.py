@@ -76,7 +76,8 @@ def make_train_step(task, tx, config) -> Callable:
 
     def train_step(state, batch):
         step_rng = jax.random.fold_in(state.rng, state.step)
-        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, step_rng)
+        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+            state.params, batch, step_rng, state.step)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         step = state.step + 1
@@ -86,8 +87,8 @@ def make_train_step(task, tx, config) -> Callable:
         metrics = dict(
             metrics,
             loss=loss,
-            grad_norm=optax.global_norm(grads),
-            param_norm=optax.global_norm(params),
+            grad_norm=optax.tree.norm(grads),
+            param_norm=optax.tree.norm(params),
             learning_rate=schedule(state.step),
         )
         new_state = state.replace(step=step, params=params, opt_state=opt_state, ema_params=ema_params)

@@ -1,0 +1,76 @@
+"""Checkpoints: SIGTERM saves and stops, resume continues exactly, mismatches are named, NaN stops."""
+
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from titok_var.checkpointing.manager import CheckpointMismatchError
+from titok_var.training import trainer
+from tests.helpers import tiny_titok_config
+
+
+def _sigterm_at(stop_step):
+    def callback(step, state):
+        del state
+        if step == stop_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return callback
+
+
+def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path):
+    config = tiny_titok_config(num_steps=6, checkpoint_every_steps=100, log_every_steps=1)
+    straight = trainer.train(config, str(tmp_path / "straight"))
+    assert not straight.preempted
+
+    workdir = str(tmp_path / "interrupted")
+    first = trainer.train(config, workdir, step_callback=_sigterm_at(2))
+    assert first.preempted
+    assert int(first.state.step) == 2
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+
+    resumed = trainer.train(config, workdir)
+    assert not resumed.preempted
+    assert sorted(resumed.losses) == [3, 4, 5, 6]
+    for step in (3, 4, 5, 6):
+        np.testing.assert_allclose(resumed.losses[step], straight.losses[step], rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(jax.device_get(resumed.state)),
+                    jax.tree.leaves(jax.device_get(straight.state))):
+        if hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_training_reduces_reconstruction_loss(tmp_path):
+    config = tiny_titok_config(num_steps=60, checkpoint_every_steps=60, log_every_steps=10)
+    config.optimizer.update(learning_rate=3e-3, warmup_steps=5)
+    result = trainer.train(config, str(tmp_path))
+    early = np.mean([result.losses[s] for s in range(1, 6)])
+    late = np.mean([result.losses[s] for s in range(56, 61)])
+    assert late < 0.6 * early, (early, late)
+    assert result.eval_metrics["psnr"] > 10.0
+
+
+def test_checkpoint_of_another_shape_names_the_parameter(tmp_path):
+    config = tiny_titok_config(num_steps=2, checkpoint_every_steps=2)
+    trainer.train(config, str(tmp_path))
+    other = tiny_titok_config(num_steps=4, checkpoint_every_steps=2)
+    other.model.num_latent_tokens = 4
+    with pytest.raises(CheckpointMismatchError, match="latent_token"):
+        trainer.train(other, str(tmp_path))
+    renamed = tiny_titok_config(num_steps=4)
+    renamed.model_name = "titok"
+    renamed.model.codebook_size = 32
+    with pytest.raises(CheckpointMismatchError, match=r"quantize/codebook has shape \(64, 8\)"):
+        trainer.evaluate_checkpoint(renamed, str(tmp_path))
+
+
+def test_nonfinite_loss_stops_with_the_step(tmp_path):
+    config = tiny_titok_config(num_steps=6, checkpoint_every_steps=100, log_every_steps=3)
+    config.loss.reconstruction_weight = float("nan")
+    with pytest.raises(trainer.NonFiniteLossError, match="at step 1;"):
+        trainer.train(config, str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "3"))
