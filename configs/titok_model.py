@@ -38,7 +38,7 @@ def model_config(encoder_size, decoder_size, num_latent_tokens, **overrides):
 
 def loss_config(**overrides):
     config = ml_collections.ConfigDict(
-        dict(reconstruction="l2", reconstruction_weight=1.0, quantizer_weight=1.0, quantizer_warmup_steps=0)
+        dict(reconstruction="l2", reconstruction_weight=1.0, quantizer_weight=1.0)
     )
     config.update(overrides)
     return config

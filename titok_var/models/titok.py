@@ -19,7 +19,6 @@ Dtype = Any
 # Official sizes of the encoder/decoder ViTs.
 VIT_SIZES = {
     "tiny": dict(width=64, depth=2, num_heads=4),
-    "mini": dict(width=128, depth=4, num_heads=4),
     "small": dict(width=512, depth=8, num_heads=8),
     "base": dict(width=768, depth=12, num_heads=12),
     "large": dict(width=1024, depth=24, num_heads=16),
@@ -238,10 +237,10 @@ class TiTok(nn.Module):
                 f"got {tuple(images.shape)}"
             )
 
-    def encode(self, images, quantize_mix=1.0):
+    def encode(self, images):
         """Returns the straight-through quantized tokens (B, K, C) and the quantizer outputs."""
         self.check_images(images)
-        return self.quantize(self.encoder(images, self.latent_tokens), quantize_mix)
+        return self.quantize(self.encoder(images, self.latent_tokens))
 
     def decode(self, quantized):
         return self.decoder(quantized)
@@ -250,6 +249,6 @@ class TiTok(nn.Module):
         """Token ids (B, K) -> decoder output."""
         return self.decode(self.quantize.lookup(indices))
 
-    def __call__(self, images, quantize_mix=1.0):
-        quantized, aux = self.encode(images, quantize_mix)
+    def __call__(self, images):
+        quantized, aux = self.encode(images)
         return self.decode(quantized), aux

@@ -59,9 +59,7 @@ class VectorQuantizer(nn.Module):
     def normalized_codebook(self):
         return l2_normalize(self.codebook) if self.use_l2_norm else self.codebook
 
-    def __call__(self, z, quantize_mix=1.0):
-        """`quantize_mix` < 1 blends in the continuous z (a warm-up that lets the decoder learn to
-        read the tokens before the codes are hard); 1 is plain straight-through quantization."""
+    def __call__(self, z):
         z = z.astype(jnp.float32)
         if self.use_l2_norm:
             z = l2_normalize(z)
@@ -75,7 +73,7 @@ class VectorQuantizer(nn.Module):
             "codebook_loss": codebook_loss,
             "quantizer_loss": commitment + codebook_loss,
         }
-        return z + quantize_mix * jax.lax.stop_gradient(quantized - z), aux
+        return straight_through(z, quantized), aux
 
     def lookup(self, indices):
         """Codes of integer token ids (..., ) -> (..., C)."""

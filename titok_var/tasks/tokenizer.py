@@ -50,17 +50,10 @@ class TokenizerTask:
     def trainable_mask(self):
         return None
 
-    def quantize_mix(self, step):
-        """0 -> 1 linearly over `loss.quantizer_warmup_steps` (0: hard codes from the start)."""
-        warmup = self.config.loss.quantizer_warmup_steps
-        if warmup <= 0:
-            return 1.0
-        return jnp.clip(step.astype(jnp.float32) / warmup, 0.0, 1.0)
-
     def loss_fn(self, params, batch, rng, step):
-        del rng  # the tokenizer has no dropout or sampling
+        del rng, step  # no dropout, sampling or scheduled loss terms in this recipe
         images = batch["image"]
-        reconstructions, aux = self.model.apply({"params": params}, images, self.quantize_mix(step))
+        reconstructions, aux = self.model.apply({"params": params}, images)
         loss_config = self.config.loss
         rec = reconstruction_loss(images, reconstructions, loss_config.reconstruction)
         loss = loss_config.reconstruction_weight * rec + loss_config.quantizer_weight * aux["quantizer_loss"]
@@ -72,7 +65,6 @@ class TokenizerTask:
             "commitment_loss": aux["commitment_loss"],
             "codebook_loss": aux["codebook_loss"],
             "batch_codebook_usage": jnp.mean(counts > 0),
-            "quantize_mix": jnp.asarray(self.quantize_mix(step), jnp.float32),
         }
         return loss, metrics
 
