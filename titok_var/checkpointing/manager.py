@@ -5,7 +5,6 @@ shapes, data position, config) so a checkpoint of another model fails with a nam
 """
 
 import json
-import os
 from typing import Any
 
 import jax
@@ -113,7 +112,3 @@ class Checkpointer:
 
 def config_to_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
-
-
-def ensure_dir(path: str):
-    os.makedirs(path, exist_ok=True)

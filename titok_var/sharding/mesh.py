@@ -52,9 +52,5 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
-
-
 def batch_divisor(mesh: Mesh) -> int:
     return int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))

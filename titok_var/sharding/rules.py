@@ -4,7 +4,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 Rules = Sequence[tuple[str, Any]]
 
@@ -63,7 +63,3 @@ def tree_shardings(boxed_tree, mesh: Mesh, rules: Rules):
     """NamedShardings for every leaf; leaves without logical names are replicated."""
     specs = nn.get_partition_spec(boxed_tree)
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
-
-
-def replicated_like(tree, mesh: Mesh):
-    return jax.tree.map(lambda _: NamedSharding(mesh, jax.sharding.PartitionSpec()), tree)

@@ -80,9 +80,6 @@ def create_train_state(task, tx, config, mesh: Mesh, rules, layout: StateLayout)
         return jax.jit(init, out_shardings=layout.shardings)(seed_key)
 
 
-def count_params(params) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(params)))
-
 
 def unboxed_params(task, rng):
     return nn.unbox(task.init_params(rng))
