@@ -1,5 +1,6 @@
 """The generic train loop: build, restore or create, step, log, evaluate, checkpoint, stop."""
 
+import contextlib
 import dataclasses
 from typing import Callable
 
@@ -32,25 +33,11 @@ class Experiment:
     tx: optax.GradientTransformation
     layout: state_init.StateLayout
 
+    @contextlib.contextmanager
     def context(self):
         """The mesh and logical rules every trace must run under."""
-        return _Context(self.mesh, self.rules)
-
-
-class _Context:
-    def __init__(self, mesh, rules):
-        self.mesh, self.rules = mesh, rules
-
-    def __enter__(self):
-        self._mesh_cm = jax.set_mesh(self.mesh)
-        self._mesh_cm.__enter__()
-        self._rules_cm = nn.logical_axis_rules(self.rules)
-        self._rules_cm.__enter__()
-
-    def __exit__(self, *exc):
-        self._rules_cm.__exit__(*exc)
-        self._mesh_cm.__exit__(*exc)
-        return False
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
 
 
 @dataclasses.dataclass
