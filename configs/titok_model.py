@@ -28,6 +28,7 @@ def model_config(encoder_size, decoder_size, num_latent_tokens, **overrides):
             decoder_head="pixels",
             proxy_codebook_size=1024,
             mlp_ratio=4.0,
+            symmetric_pixels=False,
             remat=False,
             dtype="bfloat16",
         )

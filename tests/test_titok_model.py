@@ -42,6 +42,22 @@ def test_decode_tokens_equals_decode_of_quantized_encoding():
     np.testing.assert_allclose(from_tokens, from_codes, atol=1e-5)
 
 
+def test_symmetric_pixels_centres_inputs_and_uncentres_outputs():
+    images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+    unit, symmetric = tiny_model(), tiny_model(symmetric_pixels=True)
+    variables = unit.init(jax.random.key(1), images)
+    expected, expected_aux = unit.apply(variables, images * 2.0 - 1.0)
+    got, aux = symmetric.apply(variables, images)
+    np.testing.assert_array_equal(aux["indices"], expected_aux["indices"])
+    np.testing.assert_allclose(got, (expected + 1.0) * 0.5, rtol=1e-6, atol=1e-6)
+    proxy = tiny_model(decoder_head="proxy_codes", proxy_codebook_size=16)
+    proxy_variables = proxy.init(jax.random.key(1), images)
+    logits = tiny_model(decoder_head="proxy_codes", proxy_codebook_size=16, symmetric_pixels=True).apply(
+        proxy_variables, aux["indices"], method=TiTok.decode_tokens
+    )
+    np.testing.assert_allclose(logits, proxy.apply(proxy_variables, aux["indices"], method=TiTok.decode_tokens))
+
+
 def test_proxy_code_head_gives_logits_per_patch():
     model = tiny_model(decoder_head="proxy_codes", proxy_codebook_size=40)
     images = jnp.zeros((2, 16, 16, 3))

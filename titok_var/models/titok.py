@@ -202,6 +202,9 @@ class TiTok(nn.Module):
     decoder_head: str = "pixels"
     proxy_codebook_size: int = 1024
     mlp_ratio: float = 4.0
+    # Work in [-1, 1] inside the network (inputs 2x-1, pixel outputs (y+1)/2). The released models
+    # use [0, 1] directly; centred pixels let small models leave the mean-image plateau quickly.
+    symmetric_pixels: bool = False
     remat: bool = False
     dtype: Dtype = jnp.float32
 
@@ -240,10 +243,16 @@ class TiTok(nn.Module):
     def encode(self, images):
         """Returns the straight-through quantized tokens (B, K, C) and the quantizer outputs."""
         self.check_images(images)
+        if self.symmetric_pixels:
+            images = images * 2.0 - 1.0
         return self.quantize(self.encoder(images, self.latent_tokens))
 
     def decode(self, quantized):
-        return self.decoder(quantized)
+        """Pixels in [0, 1] (not clipped) or proxy-code logits, depending on the decoder head."""
+        output = self.decoder(quantized)
+        if self.symmetric_pixels and self.decoder_head == "pixels":
+            output = (output + 1.0) * 0.5
+        return output
 
     def decode_tokens(self, indices):
         """Token ids (B, K) -> decoder output."""
