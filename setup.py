@@ -22,6 +22,7 @@ setuptools.setup(
         "clu>=0.0.12,<0.1",
         "absl-py>=2.1,<3",
         "numpy>=2.0,<3",
+        "scipy>=1.11,<2",
         "pillow>=10,<14",
     ],
     extras_require={
