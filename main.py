@@ -12,7 +12,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "export"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "export", "sample"], "What to do.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/export (default: newest).")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output folder of --mode export.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
@@ -52,6 +52,10 @@ def main(argv):
         from titok_var.tools import export
 
         print(export.export_checkpoint(config, workdir, _EXPORT_DIR.value, _STEP.value), flush=True)
+    elif mode == "sample":
+        from titok_var.tools import sample
+
+        print(sample.sample_checkpoint(config, workdir, _STEP.value), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Model families by name: `config.model_name` picks the task that builds, trains and evaluates it."""
 
+from titok_var.tasks.generator import GeneratorTask
 from titok_var.tasks.tokenizer import TokenizerTask
 
 TASKS = {
     "titok": TokenizerTask,
+    "maskgit": GeneratorTask,
 }
 
 

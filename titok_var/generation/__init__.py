@@ -1,0 +1,1 @@
+"""Stage-2 generation: MaskGIT mask schedules and iterative parallel decoding."""

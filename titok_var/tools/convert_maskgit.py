@@ -1,0 +1,176 @@
+"""Convert the official TiTok MaskGIT generators (bytedance/1d-tokenizer `modeling/maskgit.py`) into
+`titok_var.models.maskgit` params.
+
+Released weights: `generator_titok_{l32,b64,s128}.bin` (HF `fun-research/TiTok`), torch state dicts.
+Usage (reading a .bin/.pth needs torch; a torch-keyed .npz needs numpy only):
+
+    python -m titok_var.tools.convert_maskgit --variant L-32 --input generator_titok_l32.bin \
+        --output maskgit_l32.npz
+
+Name mapping (torch -> ours):
+
+* ImageBert: drop the `model.` prefix, `encoder.layer.{i}` -> `encoder/layer_{i}`, other dots ->
+  `/`; Linear `weight` (O, I) -> `kernel` (I, O); Embedding `weight` -> `embedding`; LayerNorm
+  `weight` -> `scale`. The buffers `model.embeddings.position_ids` / `token_type_ids` that older
+  transformers versions saved are ignored.
+* UViTBert: `in_blocks.{i}` / `out_blocks.{i}` -> `in_blocks_{i}` / `out_blocks_{i}`; `embeddings.weight`
+  -> `embeddings/embedding`; `pos_embed` stays (1, N+1, D); the packed `attn.qkv.weight` (3D, D),
+  whose output is laid out (3, heads, head_dim), -> `attn/qkv/kernel` (D, 3, heads, head_dim).
+"""
+
+import argparse
+import re
+from collections.abc import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from titok_var.models.maskgit import ImageBert, UViTBert, build_generator
+
+IMAGEBERT_IGNORED_KEYS = ("model.embeddings.position_ids", "model.embeddings.token_type_ids")
+CHECKPOINTS = {
+    "L-32": "generator_titok_l32.bin",
+    "B-64": "generator_titok_b64.bin",
+    "S-128": "generator_titok_s128.bin",
+}
+
+_INDEXED = re.compile(r"(layer|in_blocks|out_blocks)_(\d+)")
+
+
+def param_shapes(model) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Flat {path: shape} of a generator's params (abstract: nothing is computed)."""
+    tokens = jnp.zeros((1, model.seq_len), jnp.int32)
+    labels = jnp.zeros((1,), jnp.int32)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), tokens, labels)
+    flat = traverse_util.flatten_dict(nn.unbox(abstract)["params"])
+    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+
+def torch_key(path: tuple[str, ...], model) -> str:
+    """Our parameter path -> the official state-dict key."""
+    *modules, leaf = path
+    parts = [".".join(m.groups()) if (m := _INDEXED.fullmatch(module)) else module for module in modules]
+    if leaf == "pos_embed":
+        parts.append("pos_embed")
+    elif leaf == "bias":
+        parts.append("bias")
+    elif leaf in ("kernel", "embedding", "scale"):
+        parts.append("weight")
+    else:
+        raise KeyError(f"no torch name for parameter {'/'.join(path)}")
+    key = ".".join(parts)
+    return f"model.{key}" if isinstance(model, ImageBert) else key
+
+
+def torch_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of the torch tensor that holds our parameter of `shape`."""
+    if path[-1] == "kernel" and len(shape) == 2:  # Linear (O, I)
+        return (shape[1], shape[0])
+    if path[-1] == "kernel" and len(shape) == 4:  # packed qkv (D, 3, H, d) <- (3 H d, D)
+        return (int(np.prod(shape[1:])), shape[0])
+    return tuple(shape)
+
+
+def from_torch_layout(path: tuple[str, ...], array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    array = np.asarray(array)
+    if path[-1] == "kernel":
+        return array.T.reshape(shape)
+    return array
+
+
+def expected_torch_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Every key (bar ignored buffers) the official state dict of `model` must hold, with its shape."""
+    return {torch_key(p, model): torch_shape(p, s) for p, s in param_shapes(model).items()}
+
+
+def _describe(kind: str, items: list[str], limit: int = 40) -> str:
+    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
+    return f"{len(items)} {kind}: {', '.join(items[:limit])}{more}"
+
+
+def _convert(state_dict: Mapping[str, np.ndarray], model, ignored=()) -> dict:
+    remaining = {k: v for k, v in state_dict.items() if k not in ignored}
+    params, missing, mismatched = {}, [], []
+    for path, shape in param_shapes(model).items():
+        key, expected = torch_key(path, model), torch_shape(path, shape)
+        if key not in remaining:
+            missing.append(f"{key} {expected}")
+            continue
+        value = np.asarray(remaining.pop(key))
+        if tuple(value.shape) != expected:
+            mismatched.append(f"{key} {tuple(value.shape)} (expected {expected})")
+            continue
+        params[path] = np.ascontiguousarray(from_torch_layout(path, value, shape), dtype=np.float32)
+    unexpected = sorted(remaining)
+    if missing or unexpected or mismatched:
+        problems = [_describe(kind, items) for kind, items in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", mismatched))
+                    if items]
+        fields = ", ".join(f"{f}={getattr(model, f)}" for f in
+                           ("codebook_size", "num_classes", "seq_len", "hidden_size", "depth", "num_heads", "mlp_dim"))
+        raise ValueError(f"state dict does not match {type(model).__name__}({fields}): " + "; ".join(problems))
+    return traverse_util.unflatten_dict(params)
+
+
+def convert_imagebert(state_dict: Mapping[str, np.ndarray], model: ImageBert | None = None) -> dict:
+    """Official ImageBert state dict -> nested float32 numpy params of `model` (default: the
+    released L-32 generator). Use as `model.apply({"params": params}, tokens, labels)`.
+
+    Raises ValueError naming every missing, unexpected and mis-shaped key.
+    """
+    model = build_generator("L-32") if model is None else model
+    if not isinstance(model, ImageBert):
+        raise TypeError(f"convert_imagebert needs an ImageBert, got {type(model).__name__}")
+    return _convert(state_dict, model, IMAGEBERT_IGNORED_KEYS)
+
+
+def convert_uvitbert(state_dict: Mapping[str, np.ndarray], model: UViTBert | None = None) -> dict:
+    """Official UViTBert state dict -> params of `model` (default: the released S-128 generator)."""
+    model = build_generator("S-128") if model is None else model
+    if not isinstance(model, UViTBert):
+        raise TypeError(f"convert_uvitbert needs a UViTBert, got {type(model).__name__}")
+    return _convert(state_dict, model)
+
+
+def convert_generator(state_dict: Mapping[str, np.ndarray], model) -> dict:
+    """Dispatches on the model type."""
+    if isinstance(model, ImageBert):
+        return convert_imagebert(state_dict, model)
+    return convert_uvitbert(state_dict, model)
+
+
+def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A torch state dict (.bin / .pth, needs torch) or a torch-keyed .npz as numpy arrays."""
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            return {k: np.asarray(data[k]) for k in data.files}
+    try:
+        import torch  # optional: only needed to read torch files
+    except ImportError as e:
+        raise ImportError(
+            f"reading {path} needs PyTorch; on a machine with torch dump it with "
+            "`np.savez('sd.npz', **{k: v.float().numpy() for k, v in torch.load(path).items()})` "
+            "and pass the .npz instead"
+        ) from e
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.detach().float().cpu().numpy() for k, v in obj.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", required=True, choices=sorted(CHECKPOINTS))
+    parser.add_argument("--input", required=True, help="generator .bin/.pth or a torch-keyed .npz")
+    parser.add_argument("--output", required=True, help="flat .npz with '/'-joined parameter paths")
+    args = parser.parse_args(argv)
+    model = build_generator(args.variant)
+    params = convert_generator(load_torch_state_dict(args.input), model)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    np.savez(args.output, **flat)
+    print(f"wrote {args.output}: {sum(v.size for v in flat.values()):,} parameters")
+
+
+if __name__ == "__main__":
+    main()
