@@ -32,6 +32,7 @@ import numpy as np
 from flax import traverse_util
 
 from titok_var.evaluation import inception
+from titok_var.tools.state_dict_matching import describe, match_state_dict
 
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -94,48 +95,22 @@ def expected_torch_shapes() -> dict[str, tuple[int, ...]]:
     return expected
 
 
-def _describe(kind: str, items: list[str], limit: int = 20) -> str:
-    shown = ", ".join(items[:limit])
-    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
-    return f"{len(items)} {kind}: {shown}{more}"
-
-
 def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
     """Torch-named arrays of the FID Inception -> our nested float32 params (numpy).
 
     Raises ValueError naming every missing, unexpected and mis-shaped key.
     """
-    params_flat = {}
-    missing, mismatched = [], []
-    remaining = {k: v for k, v in state_dict.items() if not k.endswith(IGNORED_SUFFIXES)}
-    for path, shape in _flat_param_shapes().items():
-        key = torch_name(path)
-        if key not in remaining:
-            missing.append(key)
-            continue
-        value = np.asarray(remaining.pop(key))
-        converted = from_torch_layout(value)
-        if converted.shape != shape:
-            torch_shape = tuple(to_torch_layout(np.empty(shape, np.uint8)).shape)
-            mismatched.append(f"{key} {tuple(value.shape)} (expected {torch_shape})")
-            continue
-        params_flat[path] = np.ascontiguousarray(converted, dtype=np.float32)
-    unexpected = sorted(remaining)
-    if missing or unexpected or mismatched:
-        problems = [
-            _describe(kind, items)
-            for kind, items in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("mis-shaped keys", mismatched),
-            )
-            if items
-        ]
+    match = match_state_dict(
+        state_dict, _flat_param_shapes(), torch_name,
+        lambda path, shape: to_torch_layout(np.empty(shape, np.uint8)).shape,
+        lambda path, value, shape: from_torch_layout(value),
+        ignored=lambda key: key.endswith(IGNORED_SUFFIXES),
+    )
+    if not match.ok:
         raise ValueError(
-            "state dict does not match the pytorch-fid FID Inception "
-            f"({FID_WEIGHTS_FILENAME}): " + "; ".join(problems)
+            f"state dict does not match the pytorch-fid FID Inception ({FID_WEIGHTS_FILENAME}): " + match.problems()
         )
-    return traverse_util.unflatten_dict(params_flat)
+    return match.nested_params()
 
 
 def _sha256_prefix(path: str) -> str:
@@ -211,7 +186,7 @@ def check_params(params) -> None:
     ]
     if missing or unexpected or mismatched:
         problems = [
-            _describe(kind, items)
+            describe(kind, items)
             for kind, items in (
                 ("missing", missing),
                 ("unexpected", unexpected),

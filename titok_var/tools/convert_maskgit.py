@@ -29,6 +29,7 @@ import numpy as np
 from flax import traverse_util
 
 from titok_var.models.maskgit import ImageBert, UViTBert, build_generator
+from titok_var.tools.state_dict_matching import match_state_dict
 
 IMAGEBERT_IGNORED_KEYS = ("model.embeddings.position_ids", "model.embeddings.token_type_ids")
 CHECKPOINTS = {
@@ -86,33 +87,16 @@ def expected_torch_shapes(model) -> dict[str, tuple[int, ...]]:
     return {torch_key(p, model): torch_shape(p, s) for p, s in param_shapes(model).items()}
 
 
-def _describe(kind: str, items: list[str], limit: int = 40) -> str:
-    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
-    return f"{len(items)} {kind}: {', '.join(items[:limit])}{more}"
-
-
 def _convert(state_dict: Mapping[str, np.ndarray], model, ignored=()) -> dict:
-    remaining = {k: v for k, v in state_dict.items() if k not in ignored}
-    params, missing, mismatched = {}, [], []
-    for path, shape in param_shapes(model).items():
-        key, expected = torch_key(path, model), torch_shape(path, shape)
-        if key not in remaining:
-            missing.append(f"{key} {expected}")
-            continue
-        value = np.asarray(remaining.pop(key))
-        if tuple(value.shape) != expected:
-            mismatched.append(f"{key} {tuple(value.shape)} (expected {expected})")
-            continue
-        params[path] = np.ascontiguousarray(from_torch_layout(path, value, shape), dtype=np.float32)
-    unexpected = sorted(remaining)
-    if missing or unexpected or mismatched:
-        problems = [_describe(kind, items) for kind, items in
-                    (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", mismatched))
-                    if items]
+    match = match_state_dict(
+        state_dict, param_shapes(model), lambda path: torch_key(path, model), torch_shape, from_torch_layout,
+        ignored=lambda key: key in ignored,
+    )
+    if not match.ok:
         fields = ", ".join(f"{f}={getattr(model, f)}" for f in
                            ("codebook_size", "num_classes", "seq_len", "hidden_size", "depth", "num_heads", "mlp_dim"))
-        raise ValueError(f"state dict does not match {type(model).__name__}({fields}): " + "; ".join(problems))
-    return traverse_util.unflatten_dict(params)
+        raise ValueError(f"state dict does not match {type(model).__name__}({fields}): " + match.problems(limit=40))
+    return match.nested_params()
 
 
 def convert_imagebert(state_dict: Mapping[str, np.ndarray], model: ImageBert | None = None) -> dict:

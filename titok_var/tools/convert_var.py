@@ -29,6 +29,7 @@ import numpy as np
 from flax import traverse_util
 
 from titok_var.models.var_vqvae import VQVAE
+from titok_var.tools.state_dict_matching import describe, match_state_dict
 
 CHECKPOINT_NAME = "vae_ch160v4096z32.pth"
 CHECKPOINT_URL = "https://huggingface.co/FoundationVision/var/resolve/main/vae_ch160v4096z32.pth"
@@ -111,12 +112,6 @@ def expected_torch_shapes(model: VQVAE | None = None) -> dict[str, tuple[int, ..
     }
 
 
-def _describe(kind: str, items: list[str], limit: int = 40) -> str:
-    shown = ", ".join(items[:limit])
-    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
-    return f"{len(items)} {kind}: {shown}{more}"
-
-
 def convert_vqvae(state_dict: Mapping[str, np.ndarray], model: VQVAE | None = None) -> dict:
     """Official torch state dict -> nested float32 numpy params of `model` (default: the released
     `vae_ch160v4096z32` configuration). Use as `model.apply({"params": params}, ...)`.
@@ -124,40 +119,26 @@ def convert_vqvae(state_dict: Mapping[str, np.ndarray], model: VQVAE | None = No
     Raises ValueError naming every missing, unexpected and mis-shaped key.
     """
     model = VQVAE() if model is None else model
-    remaining = {k: v for k, v in state_dict.items() if k not in IGNORED_KEYS}
-    params, missing, mismatched = {}, [], []
-    for path, shape in param_shapes(model).items():
-        key = torch_key(path, model.share_quant_resi)
-        expected = torch_shape(path, shape)
-        if key not in remaining:
-            missing.append(f"{key} {expected}")
-            continue
-        value = np.asarray(remaining.pop(key))
-        if tuple(value.shape) != expected:
-            mismatched.append(f"{key} {tuple(value.shape)} (expected {expected})")
-            continue
-        params[path] = np.ascontiguousarray(from_torch_layout(path, value, shape), dtype=np.float32)
-    unexpected = sorted(remaining)
-    if missing or unexpected or mismatched:
-        expected_count = len(params) + len(missing) + len(mismatched)
-        problems = []
-        if len(missing) == expected_count:
-            problems.append(
-                f"none of its {expected_count} parameter keys is present (expected e.g. "
+    match = match_state_dict(
+        state_dict, param_shapes(model), lambda path: torch_key(path, model.share_quant_resi), torch_shape,
+        from_torch_layout, ignored=lambda key: key in IGNORED_KEYS,
+    )
+    if not match.ok:
+        if match.nothing_matched:
+            problems = (
+                f"none of its {len(match.missing)} parameter keys is present (expected e.g. "
                 "encoder.conv_in.weight, quantize.embedding.weight): not a VQVAE state dict?"
             )
-        elif missing:
-            problems.append(_describe("missing keys", missing))
-        if unexpected:
-            problems.append(_describe("unexpected keys", unexpected))
-        if mismatched:
-            problems.append(_describe("mis-shaped keys", mismatched))
+            if match.unexpected:
+                problems += "; " + describe("unexpected keys", match.unexpected)
+        else:
+            problems = match.problems()
         raise ValueError(
             f"state dict does not match the VAR VQVAE (image_size={model.image_size}, ch={model.ch}, "
             f"ch_mult={tuple(model.ch_mult)}, codebook {model.codebook_size}x{model.code_dim}; "
-            f"released checkpoint: {CHECKPOINT_NAME}): " + "; ".join(problems)
+            f"released checkpoint: {CHECKPOINT_NAME}): " + problems
         )
-    return traverse_util.unflatten_dict(params)
+    return match.nested_params()
 
 
 def _is_tensor_dict(obj) -> bool:
