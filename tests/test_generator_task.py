@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -69,3 +70,15 @@ def test_sampling_a_tokenizer_checkpoint_is_refused(tmp_path):
     trainer.train(config, str(tmp_path))
     with pytest.raises(ValueError, match="'titok' is not a generator"):
         sample.sample_checkpoint(config, str(tmp_path))
+
+
+def test_sharded_generator_training_matches_one_device(generator_config, tmp_path):
+    config, _ = generator_config
+    config = config.copy_and_resolve_references()
+    config.train.update(num_steps=3, eval_every_steps=0, checkpoint_every_steps=3)
+    config.model.update(dropout_rate=0.1, attention_dropout_rate=0.1)  # dropout keys must agree too
+    config.mesh.update(data=2, fsdp=4)
+    sharded = trainer.train(config, str(tmp_path / "sharded")).losses
+    config.mesh.update(data=1, fsdp=1)
+    single = trainer.train(config, str(tmp_path / "single"), devices=jax.devices()[:1]).losses
+    np.testing.assert_allclose([sharded[s] for s in (1, 2, 3)], [single[s] for s in (1, 2, 3)], rtol=2e-5)

@@ -13,6 +13,7 @@ import numpy as np
 from titok_var.generation.maskgit_sampling import SamplingSettings, sample_tokens
 from titok_var.losses import masked_tokens
 from titok_var.models.maskgit import ImageBert, UViTBert
+from titok_var.sharding import mesh as mesh_lib
 from titok_var.tasks.tokenizer import compute_dtype
 
 ARCHITECTURES = {"imagebert": ImageBert, "uvit": UViTBert}
@@ -115,7 +116,10 @@ class GeneratorTask:
         """(jitted decode(params, tokens), params) of the tokenizer export, loaded on first use."""
         from titok_var.tools.export import load_exported
 
-        task, params, config = load_exported(self.config.tokenizer.export_dir)
+        # Data-parallel over this host's devices, with the standard axis names so the active
+        # sharding rules resolve inside the tokenizer too.
+        mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.local_devices())
+        task, params, config = load_exported(self.config.tokenizer.export_dir, mesh=mesh)
         if config.model.num_latent_tokens != self.config.model.seq_len:
             raise ValueError(
                 f"tokenizer {self.config.tokenizer.export_dir} makes {config.model.num_latent_tokens} tokens, "
@@ -126,14 +130,20 @@ class GeneratorTask:
                 f"tokenizer codebook has {config.model.codebook_size} codes, the generator "
                 f"{self.config.model.codebook_size}"
             )
-        decode = jax.jit(lambda p, t: task.model.apply({"params": p}, t, method=type(task.model).decode_tokens))
+        jitted = jax.jit(lambda p, t: task.model.apply({"params": p}, t, method=type(task.model).decode_tokens))
+
+        def decode(p, tokens):
+            # Runs on the tokenizer's own mesh, whatever mesh the generator is trained on.
+            with jax.set_mesh(mesh):
+                return jitted(p, jax.device_put(tokens, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())))
+
         return decode, params
 
     def decode_tokens(self, tokens) -> np.ndarray:
         """(B, K) tokens -> (B, H, W, 3) images in [0, 1] with the frozen tokenizer."""
         decode, params = self.tokenizer
-        images = decode(params, jnp.asarray(tokens))
-        return np.asarray(jnp.clip(images, 0.0, 1.0))
+        images = decode(params, np.asarray(tokens))
+        return np.clip(np.asarray(images), 0.0, 1.0)
 
     def preview_rows(self, preview):
         return [self.decode_tokens(np.asarray(preview["tokens"]))]

@@ -1,9 +1,10 @@
 """TiTok trained single-stage in pixel space: reconstruction + quantizer losses."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from titok_var.evaluation import codebook_stats, image_metrics
+from titok_var.evaluation import codebook_stats, fid, image_metrics
 from titok_var.losses.reconstruction import reconstruction_loss
 from titok_var.models.titok import TiTok
 
@@ -99,6 +100,36 @@ class TokenizerTask:
             "codebook_perplexity": float(codebook_stats.codebook_perplexity(counts)),
             "num_examples": float(sums["count"]),
         }
+
+    def eval_features(self):
+        """fn(params, batch) -> Inception pool features of originals and reconstructions, or None
+        when `eval.inception_weights` is unset (rFID is then skipped)."""
+        path = self.config.eval.get("inception_weights")
+        if not path:
+            return None
+        from titok_var.evaluation import inception
+        from titok_var.tools.convert_inception import load_inception_params
+
+        inception_params = load_inception_params(path)
+        network = inception.InceptionV3()
+
+        @jax.jit
+        def features(params, inception_params, images):
+            reconstructions, _ = self.reconstruct(params, images)
+            # Both sides as 8-bit images, as the reference evaluators see saved PNGs.
+            both = jnp.round(jnp.concatenate([images, reconstructions]) * 255.0) / 255.0
+            pool, _ = network.apply({"params": inception_params}, both)
+            return pool[: images.shape[0]], pool[images.shape[0]:]
+
+        def run(params, batch):
+            real, fake = features(params, inception_params, batch["image"])
+            return {"real": real, "reconstructed": fake}
+
+        return run
+
+    def summarize_features(self, feature_stats):
+        real, fake = feature_stats["real"].statistics(), feature_stats["reconstructed"].statistics()
+        return {"rfid": fid.frechet_distance(*real, *fake)}
 
     def preview_rows(self, preview):
         return [np.asarray(preview["original"]), np.asarray(preview["reconstruction"])]

@@ -5,11 +5,12 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from titok_var.data import pipeline
-from titok_var.evaluation import image_grid
+from titok_var.evaluation import fid, image_grid
 from titok_var.sharding import mesh as mesh_lib
 from titok_var.training import data_feed
 
@@ -31,14 +32,26 @@ def evaluate(task, params, param_shardings, config, mesh):
     )
     stats = pipeline.PipelineStats()
     totals, preview = None, None
+    # Optional per-example features (e.g. Inception activations for FID), accumulated in float64.
+    feature_fn = getattr(task, "eval_features", lambda: None)()
+    feature_stats = {}
     for batch in data_feed.eval_iterator(config, mesh, stats):
         sums, batch_preview = eval_step(params, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         if preview is None:
             preview = batch_preview
+        if feature_fn is not None:
+            mask = np.asarray(jax.device_get(batch["mask"]))
+            for name, features in feature_fn(params, batch).items():
+                features = np.asarray(jax.device_get(features))
+                if name not in feature_stats:
+                    feature_stats[name] = fid.ActivationStatistics(features.shape[-1])
+                feature_stats[name].update(features, mask=mask)
     if totals is None:
         raise ValueError("the eval split produced no batches; check config.eval.num_examples and the data")
     metrics = task.summarize_eval(jax.device_get(totals))
+    if feature_stats:
+        metrics.update(task.summarize_features(feature_stats))
     if stats.skipped_corrupt:
         metrics["skipped_corrupt_images"] = float(stats.skipped_corrupt)
     return metrics, task.preview_rows(jax.device_get(preview))
