@@ -29,63 +29,40 @@ def to_global(batch: dict, mesh: Mesh) -> dict:
 def train_iterator(config, mesh: Mesh, start_step: int, stats: pipeline.PipelineStats):
     """Global batches from `start_step` on; the data of a step depends only on (seed, step)."""
     local_batch_size(config.train.global_batch_size, mesh)
-    if config.data.name == "tokens":
-        batches = token_shards.train_batches(
-            token_dataset(config, "train"),
-            global_batch_size=config.train.global_batch_size,
-            seed=config.data.seed,
-            start_step=start_step,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-        for batch in batches:
-            yield to_global(batch, mesh)
-        return
-    source = builder.build_source(config.data, "train")
-    batches = pipeline.train_batches(
-        source,
-        image_size=config.data.image_size,
-        global_batch_size=config.train.global_batch_size,
-        seed=config.data.seed,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        random_crop=config.data.random_crop,
-        random_flip=config.data.random_flip,
-        num_workers=config.train.data_workers,
-        stats=stats,
-    )
-    for batch in batches:
+    for batch in host_train_batches(config, start_step, stats):
         yield to_global(batch, mesh)
 
 
 def eval_iterator(config, mesh: Mesh, stats: pipeline.PipelineStats):
     """One padded pass over the eval split (same number of batches on every host)."""
     local_batch_size(config.eval.global_batch_size, mesh)
-    if config.data.name == "tokens":
-        batches = token_shards.eval_batches(
-            token_dataset(config, "eval"),
-            global_batch_size=config.eval.global_batch_size,
-            max_examples=config.eval.num_examples,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-        for batch in batches:
-            yield to_global(batch, mesh)
-        return
-    source = builder.build_source(config.data, "eval")
-    batches = pipeline.eval_batches(
-        source,
-        image_size=config.data.image_size,
-        global_batch_size=config.eval.global_batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        max_examples=config.eval.num_examples,
-        num_workers=config.train.data_workers,
-        stats=stats,
-    )
-    for batch in batches:
+    for batch in host_eval_batches(config, stats):
         yield to_global(batch, mesh)
+
+
+def host_train_batches(config, start_step: int, stats: pipeline.PipelineStats):
+    """This process's rows of each training batch: pre-tokenized shards or decoded images."""
+    split = dict(global_batch_size=config.train.global_batch_size, seed=config.data.seed, start_step=start_step,
+                 process_index=jax.process_index(), process_count=jax.process_count())
+    if config.data.name == "tokens":
+        return token_shards.train_batches(token_dataset(config, "train"), **split)
+    return pipeline.train_batches(
+        builder.build_source(config.data, "train"), image_size=config.data.image_size,
+        random_crop=config.data.random_crop, random_flip=config.data.random_flip,
+        num_workers=config.train.data_workers, stats=stats, **split,
+    )
+
+
+def host_eval_batches(config, stats: pipeline.PipelineStats):
+    """This process's rows of each padded eval batch: pre-tokenized shards or decoded images."""
+    split = dict(global_batch_size=config.eval.global_batch_size, max_examples=config.eval.num_examples,
+                 process_index=jax.process_index(), process_count=jax.process_count())
+    if config.data.name == "tokens":
+        return token_shards.eval_batches(token_dataset(config, "eval"), **split)
+    return pipeline.eval_batches(
+        builder.build_source(config.data, "eval"), image_size=config.data.image_size,
+        num_workers=config.train.data_workers, stats=stats, **split,
+    )
 
 
 def token_dataset(config, split: str) -> token_shards.TokenDataset:
