@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from titok_var.evaluation import codebook_stats, fid, image_metrics
+from titok_var.evaluation import codebook_stats, image_metrics, reconstruction_fid
 from titok_var.losses.reconstruction import reconstruction_loss
 from titok_var.models.titok import TiTok
 
@@ -68,6 +68,11 @@ class TokenizerTask:
         }
         return loss, metrics
 
+    def encode_tokens(self, params, images):
+        """Images in [0, 1] -> token ids (B, K) int32 (what pre-tokenization stores)."""
+        _, aux = self.model.apply({"params": params}, images, method=TiTok.encode)
+        return aux["indices"]
+
     def reconstruct(self, params, images):
         reconstructions, aux = self.model.apply({"params": params}, images)
         return jnp.clip(reconstructions, 0.0, 1.0), aux
@@ -102,34 +107,12 @@ class TokenizerTask:
         }
 
     def eval_features(self):
-        """fn(params, batch) -> Inception pool features of originals and reconstructions, or None
-        when `eval.inception_weights` is unset (rFID is then skipped)."""
-        path = self.config.eval.get("inception_weights")
-        if not path:
-            return None
-        from titok_var.evaluation import inception
-        from titok_var.tools.convert_inception import load_inception_params
-
-        inception_params = load_inception_params(path)
-        network = inception.InceptionV3()
-
-        @jax.jit
-        def features(params, inception_params, images):
-            reconstructions, _ = self.reconstruct(params, images)
-            # Both sides as 8-bit images, as the reference evaluators see saved PNGs.
-            both = jnp.round(jnp.concatenate([images, reconstructions]) * 255.0) / 255.0
-            pool, _ = network.apply({"params": inception_params}, both)
-            return pool[: images.shape[0]], pool[images.shape[0]:]
-
-        def run(params, batch):
-            real, fake = features(params, inception_params, batch["image"])
-            return {"real": real, "reconstructed": fake}
-
-        return run
+        """fn(params, batch) -> Inception features for rFID, or None without `eval.inception_weights`."""
+        return reconstruction_fid.make_reconstruction_features(
+            self.config.eval.get("inception_weights"), lambda params, images: self.reconstruct(params, images)[0])
 
     def summarize_features(self, feature_stats):
-        real, fake = feature_stats["real"].statistics(), feature_stats["reconstructed"].statistics()
-        return {"rfid": fid.frechet_distance(*real, *fake)}
+        return reconstruction_fid.summarize_reconstruction_features(feature_stats)
 
     def preview_rows(self, preview):
         return [np.asarray(preview["original"]), np.asarray(preview["reconstruction"])]

@@ -1,8 +1,9 @@
-"""Encodes an image dataset once with an exported TiTok into token shards for the generator.
+"""Encodes an image dataset once with an exported tokenizer into token shards for a generator.
 
   python -m titok_var.tools.pretokenize --config configs/maskgit_tiny.py --split train
 
-The generator config names the tokenizer export (`tokenizer.export_dir`), the image dataset
+Any tokenizer task with `encode_tokens` works: TiTok stores its K ids per image, VAR's VQVAE its
+L = sum p^2 ids of all scales flattened coarse to fine. The generator config names the tokenizer export (`tokenizer.export_dir`), the image dataset
 (`tokenizer.image_data`) and the output folder (`data.data_dir`). Every image is centre-cropped
 and, with `flips`, also encoded mirrored (two rows per image, as the paper's App. A). Each process
 encodes every process_count-th shard on its local devices; finished shards are skipped on restart.
@@ -62,11 +63,7 @@ class Progress:
 def make_encoder(task, mesh: Mesh):
     """Jitted images (B, S, S, 3) -> token ids (B, K), batch split over the mesh's devices."""
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-
-    @jax.jit
-    def encode(params, images):
-        _, aux = task.model.apply({"params": params}, images, method=type(task.model).encode)
-        return aux["indices"]
+    encode = jax.jit(task.encode_tokens)
 
     def run(params, images: np.ndarray) -> np.ndarray:
         return np.asarray(encode(params, jax.device_put(images, batch_sharding)))
@@ -86,11 +83,11 @@ def pretokenize(
     if batch_size % mesh.size:
         raise ValueError(f"batch_size {batch_size} is not divisible by the {mesh.size} local devices")
     task, params, tokenizer_config = load_exported(export_dir, mesh=mesh)
-    if tokenizer_config.model_name != "titok":
-        raise ValueError(f"{export_dir} holds a {tokenizer_config.model_name!r} export, not a TiTok tokenizer")
-    if tokenizer_config.model.image_size != image_data.image_size:
+    if not hasattr(task, "encode_tokens"):
+        raise ValueError(f"{export_dir} holds a {tokenizer_config.model_name!r} export, not a tokenizer")
+    if tokenizer_config.data.image_size != image_data.image_size:
         raise ValueError(
-            f"the tokenizer takes {tokenizer_config.model.image_size} px images but the image data is "
+            f"the tokenizer takes {tokenizer_config.data.image_size} px images but the image data is "
             f"{image_data.image_size} px"
         )
     encode = make_encoder(task, mesh)

@@ -1,0 +1,141 @@
+"""VAR's multi-scale VQVAE trained in pixel space (VAR paper Eq. 5; the official repo ships no
+trainer): reconstruction + quantizer losses, with optional perceptual and adversarial terms.
+
+Batches are {"image": (B, S, S, 3) in [0, 1], "label"}; the model sees [-1, 1] inside
+(`unit_range_pixels`). Eval reports PSNR, SSIM, overall and per-scale codebook usage, and rFID
+when `eval.inception_weights` is set.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+from titok_var.evaluation import codebook_stats, image_metrics, reconstruction_fid
+from titok_var.losses.reconstruction import reconstruction_loss
+from titok_var.models.var_vqvae import VQVAE
+from titok_var.tasks.tokenizer import compute_dtype
+
+
+def build_var_vqvae(model_config) -> VQVAE:
+    fields = dict(model_config)
+    fields["dtype"] = compute_dtype(fields.get("dtype", "float32"))
+    fields["patch_nums"] = tuple(int(p) for p in fields.get("patch_nums", VQVAE.patch_nums))
+    fields["ch_mult"] = tuple(int(m) for m in fields.get("ch_mult", VQVAE.ch_mult))
+    return VQVAE(**fields)
+
+
+def flatten_token_maps(indices) -> jnp.ndarray:
+    """Token maps (one (B, p, p) per scale) -> (B, L) int32 in VAR's token order."""
+    return jnp.concatenate([idx.reshape(idx.shape[0], -1) for idx in indices], axis=1).astype(jnp.int32)
+
+
+def split_token_maps(tokens, patch_nums) -> list:
+    """(B, L) token ids -> one (B, p, p) map per scale (the inverse of `flatten_token_maps`)."""
+    maps, start = [], 0
+    for p in patch_nums:
+        maps.append(tokens[:, start:start + p * p].reshape(tokens.shape[0], p, p))
+        start += p * p
+    if start != tokens.shape[1]:
+        raise ValueError(f"{tokens.shape[1]} tokens do not match patch_nums {tuple(patch_nums)} ({start} tokens)")
+    return maps
+
+
+class VarTokenizerTask:
+    """Trains the multi-scale VQVAE; evaluates PSNR, SSIM, codebook usage (per scale) and rFID."""
+
+    def __init__(self, config):
+        self.config = config
+        self.model = build_var_vqvae(config.model)
+        if not self.model.unit_range_pixels:
+            raise ValueError("the data pipeline yields [0, 1] images: set model.unit_range_pixels=True")
+        if config.data.image_size != self.model.image_size:
+            raise ValueError(
+                f"data.image_size {config.data.image_size} differs from the VQVAE's image size "
+                f"{self.model.image_size} (patch_nums[-1] x downsampling {self.model.downsample_factor})"
+            )
+
+    @property
+    def patch_nums(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.model.patch_nums)
+
+    def dummy_images(self, batch_size: int = 1):
+        size = self.model.image_size
+        return jnp.zeros((batch_size, size, size, 3), jnp.float32)
+
+    def init_params(self, rng):
+        return self.model.init(rng, self.dummy_images())["params"]
+
+    def trainable_mask(self):
+        return None
+
+    def loss_fn(self, params, batch, rng, step):
+        del rng, step
+        images = batch["image"]
+        reconstructions, aux = self.model.apply({"params": params}, images)
+        loss_config = self.config.loss
+        rec = reconstruction_loss(images, reconstructions, loss_config.reconstruction)
+        loss = loss_config.reconstruction_weight * rec + loss_config.quantizer_weight * aux["quantizer_loss"]
+        tokens = flatten_token_maps(aux["indices"])
+        counts = codebook_stats.code_histogram(tokens, self.model.codebook_size)
+        metrics = {
+            "reconstruction_loss": rec,
+            "quantizer_loss": aux["quantizer_loss"],
+            "commitment_loss": aux["commitment_loss"],
+            "codebook_loss": aux["codebook_loss"],
+            "batch_codebook_usage": jnp.mean(counts > 0),
+        }
+        return loss, metrics
+
+    def encode_tokens(self, params, images):
+        """Images in [0, 1] -> (B, L) token ids, all scales flattened coarse to fine."""
+        return flatten_token_maps(self.model.apply({"params": params}, images, method=VQVAE.images_to_indices))
+
+    def decode_tokens_on_device(self, params, tokens):
+        """(B, L) token ids -> images in [0, 1]."""
+        maps = split_token_maps(tokens, self.patch_nums)
+        return self.model.apply({"params": params}, maps, method=VQVAE.indices_to_images)
+
+    def reconstruct(self, params, images):
+        reconstructions, aux = self.model.apply({"params": params}, images)
+        return jnp.clip(reconstructions, 0.0, 1.0), aux
+
+    def eval_step(self, params, batch):
+        images, mask = batch["image"], batch["mask"]
+        reconstructions, aux = self.reconstruct(params, images)
+        weights = mask.astype(jnp.float32)
+        size = self.model.codebook_size
+        per_scale = jnp.stack([codebook_stats.code_histogram(idx, size, mask=mask) for idx in aux["indices"]])
+        sums = {
+            "count": jnp.sum(weights),
+            "psnr": jnp.sum(image_metrics.psnr(images, reconstructions) * weights),
+            "ssim": jnp.sum(image_metrics.ssim(images, reconstructions) * weights),
+            "mse": jnp.sum(jnp.mean(jnp.square(images - reconstructions), axis=(1, 2, 3)) * weights),
+            "code_counts_per_scale": per_scale,
+        }
+        n = self.config.eval.grid_images
+        return sums, {"original": images[:n], "reconstruction": reconstructions[:n]}
+
+    def summarize_eval(self, sums):
+        count = max(float(sums["count"]), 1.0)
+        per_scale = np.asarray(sums["code_counts_per_scale"])
+        total = per_scale.sum(axis=0)
+        metrics = {
+            "psnr": float(sums["psnr"]) / count,
+            "ssim": float(sums["ssim"]) / count,
+            "mse": float(sums["mse"]) / count,
+            "codebook_usage": codebook_stats.codebook_usage(total),
+            "codebook_perplexity": codebook_stats.codebook_perplexity(total),
+            "num_examples": float(sums["count"]),
+        }
+        for si, (pn, counts) in enumerate(zip(self.patch_nums, per_scale)):
+            metrics[f"codebook_usage_scale{si}_{pn}x{pn}"] = codebook_stats.codebook_usage(counts)
+        return metrics
+
+    def eval_features(self):
+        return reconstruction_fid.make_reconstruction_features(
+            self.config.eval.get("inception_weights"), lambda params, images: self.reconstruct(params, images)[0])
+
+    def summarize_features(self, feature_stats):
+        return reconstruction_fid.summarize_reconstruction_features(feature_stats)
+
+    def preview_rows(self, preview):
+        return [np.asarray(preview["original"]), np.asarray(preview["reconstruction"])]
