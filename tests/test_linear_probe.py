@@ -28,7 +28,9 @@ from titok_var.models.titok import TiTok
 from titok_var.quantizers.vector_quantizer import l2_normalize, nearest_code
 
 NUM_CLASSES, DIM = 8, 16
-SMALL = scaled_probe_config(ProbeConfig(), batch_size=256, epochs=18, eval_batch_size=500)
+# LARS moves the weights by ~trust_coefficient * lr of their norm per step: 2k examples give 140
+# steps where ImageNet gives 7000, so the small runs need a larger base lr (0.1 reaches 0.13 top-1).
+SMALL = scaled_probe_config(ProbeConfig(), batch_size=256, epochs=18, base_lr=10.0, eval_batch_size=500)
 
 
 def gaussian_classes(num_examples, seed, means_seed=0):
@@ -255,7 +257,10 @@ def test_extract_features_drops_padded_rows(mask_field):
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(11, 4, 4, 3)).astype(np.float32)
     labels = rng.integers(0, 10, 11).astype(np.int32)
-    feature_fn = lambda x: jnp.mean(x, axis=(1, 2)) * 2.0  # noqa: E731
+
+    def feature_fn(x):
+        return jnp.mean(x, axis=(1, 2)) * 2.0
+
     features, got_labels = extract_features(feature_fn, padded_batches(images, labels, 4, mask_field))
     np.testing.assert_allclose(features, images.mean(axis=(1, 2)) * 2.0, rtol=1e-6)
     np.testing.assert_array_equal(got_labels, labels)
@@ -278,17 +283,36 @@ def test_tokenizer_features_flatten_or_average_the_tokens():
         tokenizer_probe_features(latents[0])
 
 
+def random_variables(module, *args, seed=0):
+    """Random float32 variables with the module's structure; compiling `init` takes ~30 s on CPU."""
+    abstract = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))
+    rng = np.random.default_rng(seed)
+
+    def value(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            return rng.normal(size=leaf.shape) / math.sqrt(np.prod(leaf.shape[:-1]))
+        if name == "scale":
+            return 1.0 + 0.1 * rng.normal(size=leaf.shape)
+        return 0.1 * rng.normal(size=leaf.shape) if name == "bias" else rng.normal(size=leaf.shape)
+
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: value(path, leaf).astype(np.float32), abstract)
+
+
 def test_titok_latents_are_what_the_quantizer_receives():
     model = TiTok(image_size=16, patch_size=4, num_latent_tokens=8, encoder_size="tiny", decoder_size="tiny",
                   codebook_size=32, token_size=6, symmetric_pixels=True)
     images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
-    variables = nn.unbox(model.init(jax.random.key(1), images))
-    latents = model.apply(variables, images, method=titok_encoder_latents)
-    _, aux = model.apply(variables, images, method=TiTok.encode)
+    variables = random_variables(model, images)
+    run = jax.jit(lambda variables, images: (  # one compilation: eager applies take ~10 s here
+        model.apply(variables, images, method=titok_encoder_latents),
+        model.apply(variables, images, method=TiTok.encode)[1]["indices"],
+        titok_feature_fn(model, variables)(images),
+    ))
+    latents, indices, features = run(variables, images)
     codebook = l2_normalize(variables["params"]["quantize"]["codebook"])
     assert latents.shape == (2, 8, 6)
-    np.testing.assert_array_equal(nearest_code(l2_normalize(latents), codebook), aux["indices"])
-    features = titok_feature_fn(model, variables)(images)
+    np.testing.assert_array_equal(nearest_code(l2_normalize(latents), codebook), indices)
     np.testing.assert_array_equal(features, np.asarray(latents).reshape(2, 48))
     with pytest.raises(ValueError, match="16, 16, 3"):
         model.apply(variables, images[:, :8], method=titok_encoder_latents)

@@ -97,19 +97,19 @@ def np_encoder(x, sd, hidden, mult, num_res_blocks):
     return np_conv_same(np_silu(np_group_norm(h, sd, "encoder.norm_out")), sd, "encoder.conv_out")
 
 
-def np_decoder(z, sd, hidden, mult, num_res_blocks, prefix="decoder"):
-    h = np_conv_same(z, sd, f"{prefix}.conv_in")
+def np_decoder(z, sd, hidden, mult, num_res_blocks):
+    h = np_conv_same(z, sd, "decoder.conv_in")
     for j in range(num_res_blocks):
-        h = np_resnet(h, sd, f"{prefix}.mid.{j}", hidden * mult[-1], hidden * mult[-1])
+        h = np_resnet(h, sd, f"decoder.mid.{j}", hidden * mult[-1], hidden * mult[-1])
     for level in reversed(range(len(mult))):
         block_in = hidden * (mult[-1] if level == len(mult) - 1 else mult[level + 1])
         block_out = hidden * mult[level]
         for j in range(num_res_blocks):
-            h = np_resnet(h, sd, f"{prefix}.up.{level}.block.{j}", block_in, block_out)
+            h = np_resnet(h, sd, f"decoder.up.{level}.block.{j}", block_in, block_out)
             block_in = block_out
         if level != 0:  # F.interpolate(scale_factor=2, mode="nearest"), then the conv
-            h = np_conv_same(h.repeat(2, axis=2).repeat(2, axis=3), sd, f"{prefix}.up.{level}.upsample_conv")
-    return np_conv_same(np_silu(np_group_norm(h, sd, f"{prefix}.norm_out")), sd, f"{prefix}.conv_out")
+            h = np_conv_same(h.repeat(2, axis=2).repeat(2, axis=3), sd, f"decoder.up.{level}.upsample_conv")
+    return np_conv_same(np_silu(np_group_norm(h, sd, "decoder.norm_out")), sd, "decoder.conv_out")
 
 
 def np_nearest_codes(z, codebook):
@@ -257,16 +257,18 @@ def test_converted_model_matches_numpy_reference_of_official_forward():
 def test_decode_soft_with_one_hot_probabilities_equals_decode_codes():
     sd = random_torch_state_dict(TINY, seed=5)
     params = convert.convert_maskgit_vqgan(sd, MaskGitVQGAN(**TINY))
-    codes = np.random.default_rng(6).integers(0, TINY["codebook_size"], size=(2, 16, 16))
-    one_hot = np.eye(TINY["codebook_size"], dtype=np.float32)[codes]
-    decoded, soft = tiny_pixel_decoder_forward()(pixel_decoder_params(params), jnp.asarray(codes, jnp.int32),
-                                                 jnp.asarray(one_hot))
-    np.testing.assert_allclose(np.clip(np.asarray(soft), 0, 1), np.asarray(decoded), atol=1e-6)
-    assert float(jnp.max(soft)) > 1.0 or float(jnp.min(soft)) < 0.0  # decode_soft itself is not clamped
-    # The decoder-only module equals the full one, and takes the official flat (B, h*w) codes too.
-    full = MaskGitVQGAN(**TINY)
-    flat_decoded = full.apply({"params": params}, jnp.asarray(codes.reshape(2, -1), jnp.int32), method="decode_codes")
-    np.testing.assert_allclose(np.asarray(flat_decoded), np.asarray(decoded), atol=1e-5)
+    images, probabilities = inputs(seed=6)
+    full = jax.device_get(tiny_forward()(params, jnp.asarray(images), jnp.asarray(probabilities)))
+    one_hot = np.eye(TINY["codebook_size"], dtype=np.float32)[full["codes"]]
+    # The decoder-only module (TiTok's pixel_* copy), fed the official flat (B, h*w) codes.
+    flat_codes = jnp.asarray(full["codes"].reshape(2, -1))
+    decoded, soft = jax.device_get(
+        tiny_pixel_decoder_forward()(pixel_decoder_params(params), flat_codes, jnp.asarray(one_hot))
+    )
+    np.testing.assert_allclose(decoded, full["decoded"], atol=1e-6)
+    np.testing.assert_allclose(np.clip(soft, 0, 1), decoded, atol=1e-6)
+    np.testing.assert_allclose(soft, full["unclamped"], atol=1e-6)
+    assert soft.max() > 1.0 or soft.min() < 0.0  # decode_soft itself does not clamp
 
 
 def test_encoder_module_gives_the_full_models_codes():

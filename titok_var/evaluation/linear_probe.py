@@ -75,7 +75,8 @@ class ProbeConfig:
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) <= 0:
                 raise ValueError(f"ProbeConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"ProbeConfig.warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+            raise ValueError(
+                f"ProbeConfig.warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         if self.base_lr <= 0 or self.min_lr < 0 or self.weight_decay < 0:
             raise ValueError(f"ProbeConfig needs base_lr > 0, min_lr >= 0, weight_decay >= 0; got {self}")
         if not 0 <= self.momentum < 1:
@@ -102,11 +103,15 @@ def scaled_probe_config(config: ProbeConfig, *, batch_size: int | None = None, e
     """The same protocol on a smaller budget (small datasets, smoke runs).
 
     The peak lr follows the batch through the linear scaling rule (base_lr is kept) and warmup
-    keeps its fraction of the schedule (10/90 of the epochs by default).
+    keeps its fraction of the schedule (10/90 of the epochs by default). LARS changes a weight
+    matrix by about trust_coefficient * lr / (1 - momentum) of its norm per step, so a set much
+    smaller than ImageNet (few steps in all) also needs a larger base_lr or more epochs: pass
+    them as overrides.
     """
     batch_size = config.batch_size if batch_size is None else batch_size
     epochs = config.epochs if epochs is None else epochs
-    fields = dict(batch_size=batch_size, epochs=epochs, warmup_epochs=config.warmup_epochs * epochs / config.epochs)
+    fields = {"batch_size": batch_size, "epochs": epochs,
+              "warmup_epochs": config.warmup_epochs * epochs / config.epochs}
     fields.update(overrides)
     return dataclasses.replace(config, **fields)
 

@@ -11,8 +11,9 @@ later scales are conditioned on the known content.
 Masks are small static inputs of the sampler, built on the host with NumPy. The bilinear resize
 uses torch's float32 CPU arithmetic (source index, lambdas and the two-tap sums rounded step by
 step in its order), so values of exactly 0.5 (frequent: e.g. 16 -> 8 averages 2x2 blocks) stay
-below the threshold as in torch. For box masks on both released schedules the decisions also
-equal those of exact rational arithmetic, so kernels that round differently (GPU FMA) agree.
+below the threshold as in torch. For box masks on both released schedules (600 random boxes
+checked) the decisions equal those of exact rational arithmetic, so kernels that round
+differently, such as GPU code with fused multiply-adds, should agree.
 """
 
 import functools

@@ -117,16 +117,19 @@ class LPIPS(nn.Module):
                 f"({len(self.vgg_stages)} VGG stages), got {x.shape[1]}x{x.shape[2]}"
             )
         vgg = VGG16Features(self.vgg_stages, self.dtype, self.precision, name="vgg")
-        batch = x.shape[0]
-        images = jnp.concatenate([x, y], axis=0).astype(jnp.float32)
-        images = logical.constrain(images, ("act_batch", None, None, None))
         shift = jnp.array(LPIPS_SHIFT, jnp.float32)
         scale = jnp.array(LPIPS_SCALE, jnp.float32)
-        images = ((images * 2.0 - 1.0) - shift) / scale
-        distance = jnp.zeros((batch,), jnp.float32)
-        for k, features in enumerate(vgg(images.astype(self.dtype))):
-            features = unit_normalize(features.astype(jnp.float32))
-            squared = jnp.square(features[:batch] - features[batch:])
+
+        def trunk(images):
+            images = logical.constrain(images.astype(jnp.float32), ("act_batch", None, None, None))
+            return vgg((((images * 2.0 - 1.0) - shift) / scale).astype(self.dtype))
+
+        # Two passes, as the official module runs: identical images give exactly 0 (one
+        # concatenated batch may round the two halves differently).
+        distance = jnp.zeros((x.shape[0],), jnp.float32)
+        for k, (fx, fy) in enumerate(zip(trunk(x), trunk(y))):
+            fx, fy = unit_normalize(fx.astype(jnp.float32)), unit_normalize(fy.astype(jnp.float32))
+            squared = jnp.square(fx - fy)
             weighted = nn.Conv(
                 1,
                 (1, 1),

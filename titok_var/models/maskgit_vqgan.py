@@ -287,8 +287,8 @@ class _Fields(nn.Module):
         return codes
 
 
-class _EncodeMethods:
-    """Needs `self._encoder_net` and `self._codebook`."""
+class _EncodeMethods(_Fields):
+    """Image -> codes methods; subclasses provide `_encoder_net` and `_codebook`."""
 
     def encode_latents(self, images):
         """Images (B, S, S, 3) in [0, 1] -> continuous encoder output (B, h, w, z_channels) float32."""
@@ -300,8 +300,8 @@ class _EncodeMethods:
         return self._codebook.nearest(self.encode_latents(images))
 
 
-class _DecodeMethods:
-    """Needs `self._decoder_net` and `self._codebook`."""
+class _DecodeMethods(_Fields):
+    """Codes -> image methods; subclasses provide `_decoder_net` and `_codebook`."""
 
     def decode_latents(self, latents):
         """Code vectors (B, h, w, z_channels) -> images (B, S, S, 3), not clamped."""
@@ -323,7 +323,7 @@ class _DecodeMethods:
         return self.decode_latents(self._codebook.mix(probabilities))
 
 
-class MaskGitVQGAN(_EncodeMethods, _DecodeMethods, _Fields):
+class MaskGitVQGAN(_EncodeMethods, _DecodeMethods):
     """The released tokenizer: params {encoder, decoder, quantize}. `__call__` reconstructs.
 
     Methods (`model.apply(variables, x, method=...)`): `encode`, `encode_latents`, `decode_codes`,
@@ -353,7 +353,7 @@ class MaskGitVQGAN(_EncodeMethods, _DecodeMethods, _Fields):
         return self.decode_codes(self.encode(images))
 
 
-class MaskGitVQGANEncoder(_EncodeMethods, _Fields):
+class MaskGitVQGANEncoder(_EncodeMethods):
     """Encoder + codebook only, params {encoder, quantize}: `__call__` = `encode` (proxy codes)."""
 
     def setup(self):
@@ -372,7 +372,7 @@ class MaskGitVQGANEncoder(_EncodeMethods, _Fields):
         return self.encode(images)
 
 
-class MaskGitVQGANDecoder(_DecodeMethods, _Fields):
+class MaskGitVQGANDecoder(_DecodeMethods):
     """Decoder + codebook under TiTok's names, params {pixel_decoder, pixel_quantize}.
 
     `__call__` = `decode_soft` (the stage-2 path); `decode_codes` / `decode_latents` as above.

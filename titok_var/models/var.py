@@ -350,7 +350,7 @@ class VAR(nn.Module):
 
     @property
     def mlp_dim(self) -> int:
-        return int(round(self.embed_dim * self.mlp_ratio))
+        return round(self.embed_dim * self.mlp_ratio)  # as the official FFN: Python round
 
     @property
     def num_tokens(self) -> int:
@@ -397,8 +397,10 @@ class VAR(nn.Module):
         if self.shared_adaln:
             self.shared_ada_lin = _dense(ADALN_CHUNKS * width, ("embed", "mlp"), std=std, dtype=self.dtype)
         self.blocks = [
-            AdaLNSelfAttn(self.heads, self.mlp_dim, self.depth, std, rate, self.shared_adaln, self.init_adaln,
-                          self.init_adaln_gamma, self.dtype, self.attention_impl)
+            AdaLNSelfAttn(num_heads=self.heads, mlp_dim=self.mlp_dim, depth=self.depth, init_std=std,
+                          drop_path_rate=rate, shared_adaln=self.shared_adaln, init_adaln=self.init_adaln,
+                          init_adaln_gamma=self.init_adaln_gamma, dtype=self.dtype,
+                          attention_impl=self.attention_impl)
             for rate in self.drop_path_rates
         ]
         self.head_nm = AdaLNBeforeHead(std, self.init_adaln, self.dtype)

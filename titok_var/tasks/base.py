@@ -24,6 +24,12 @@ class Task(Protocol):
         """Scalar training loss and metrics (means over the global batch); `step` counts the
         updates already applied (for losses that start or ramp at a given step)."""
 
+    # Optional, for tasks that train something beside their parameters (a GAN discriminator):
+    #   init_task_state(rng) -> pytree, replicated and checkpointed with the train state;
+    #   loss_fn then takes `task_state` as a fifth argument and returns (loss, (metrics, outputs));
+    #   update_task_state(task_state, outputs, batch, rng, step) -> (task_state, metrics) runs
+    #   after the gradient of loss_fn, inside the same jitted step.
+
     def eval_step(self, params, batch: dict) -> tuple[dict, dict]:
         """(sums, preview): sums are added over all eval batches (padded rows masked out);
         preview holds small image tensors of this batch for a grid."""

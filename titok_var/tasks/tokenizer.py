@@ -1,6 +1,5 @@
 """TiTok trained single-stage in pixel space: reconstruction + quantizer losses."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -42,12 +42,14 @@ def state_layout(task, tx: optax.GradientTransformation, config, mesh: Mesh, rul
         is_leaf=_is_spec,
     )
     use_ema = config.train.ema_decay > 0
+    task_state = jax.eval_shape(init_task_state(task), jax.random.key(0))
     abstract = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),
         params=params,
         opt_state=opt_state,
         ema_params=params if use_ema else None,
         rng=jax.eval_shape(lambda: jax.random.key(0)),
+        task_state=task_state,
     )
     specs = TrainState(
         step=PartitionSpec(),
@@ -55,6 +57,7 @@ def state_layout(task, tx: optax.GradientTransformation, config, mesh: Mesh, rul
         opt_state=opt_specs,
         ema_params=param_specs if use_ema else None,
         rng=PartitionSpec(),
+        task_state=jax.tree.map(lambda _: PartitionSpec(), task_state),  # small: replicated
     )
     shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=_is_spec)
     return StateLayout(abstract=abstract, shardings=shardings)
@@ -73,12 +76,21 @@ def create_train_state(task, tx, config, mesh: Mesh, rules, layout: StateLayout)
             opt_state=tx.init(params),
             ema_params=params if use_ema else None,
             rng=train_key,
+            # Its own stream, so adding a task state never changes the parameter init.
+            task_state=init_task_state(task)(jax.random.fold_in(seed_key, 1)),
         )
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         seed_key = jax.device_put(jax.random.key(config.seed), NamedSharding(mesh, PartitionSpec()))
         return jax.jit(init, out_shardings=layout.shardings)(seed_key)
 
+
+
+def init_task_state(task):
+    """rng -> the task's auxiliary state (None for tasks without one)."""
+    if hasattr(task, "init_task_state"):
+        return task.init_task_state
+    return lambda rng: None
 
 
 def unboxed_params(task, rng):

@@ -61,10 +61,22 @@ def make_train_step(task, tx, config) -> Callable:
     schedule = optimizer.learning_rate_schedule(config)
     ema_decay = float(config.train.ema_decay)
 
+    stateful = hasattr(task, "init_task_state")
+
     def train_step(state, batch):
         step_rng = jax.random.fold_in(state.rng, state.step)
-        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
-            state.params, batch, step_rng, state.step)
+        task_state = state.task_state
+        if stateful:
+            # The task's loss also returns outputs for its auxiliary update (e.g. the discriminator
+            # step on the detached reconstructions), which runs after the parameter gradient, as
+            # the official two-optimizer GAN loops do.
+            (loss, (metrics, outputs)), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+                state.params, batch, step_rng, state.step, task_state)
+            task_state, task_metrics = task.update_task_state(task_state, outputs, batch, step_rng, state.step)
+            metrics = dict(metrics, **task_metrics)
+        else:
+            (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+                state.params, batch, step_rng, state.step)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         step = state.step + 1
@@ -78,7 +90,8 @@ def make_train_step(task, tx, config) -> Callable:
             param_norm=optax.tree.norm(params),
             learning_rate=schedule(state.step),
         )
-        new_state = state.replace(step=step, params=params, opt_state=opt_state, ema_params=ema_params)
+        new_state = state.replace(step=step, params=params, opt_state=opt_state, ema_params=ema_params,
+                                  task_state=task_state)
         return new_state, metrics
 
     return train_step
