@@ -2,12 +2,14 @@
 
 from titok_var.tasks.generator import GeneratorTask
 from titok_var.tasks.tokenizer import TokenizerTask
+from titok_var.tasks.var_generator import VarGeneratorTask
 from titok_var.tasks.var_tokenizer import VarTokenizerTask
 
 TASKS = {
     "titok": TokenizerTask,
     "maskgit": GeneratorTask,
     "var_vqvae": VarTokenizerTask,
+    "var": VarGeneratorTask,
 }
 
 

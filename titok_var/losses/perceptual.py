@@ -18,7 +18,11 @@ import jax.numpy as jnp
 
 from titok_var.models.convnext import ConvNeXt, convnext_logit_loss
 from titok_var.models.lpips import LPIPS
-from titok_var.tools.convert_perceptual import converted_path, load_params, missing_weights_message
+from titok_var.tools.convert_perceptual import (
+    converted_path,
+    load_params,
+    missing_weights_message,
+)
 
 PERCEPTUAL_KINDS = ("lpips", "convnext_s", "lpips-convnext_s-W1-W2")
 
@@ -109,7 +113,7 @@ def make_perceptual_loss(
             rng, init_rng = jax.random.split(rng)
             images = jnp.zeros((1, model.min_size, model.min_size, 3), jnp.float32)
             inputs = (images, images) if name == "lpips" else (images,)
-            params[name] = model.init(init_rng, *inputs)["params"]
+            params[name] = jax.jit(model.init)(init_rng, *inputs)["params"]
         else:
             params[name] = jax.tree.map(
                 jnp.asarray, load_params(name, _weights_file(name, weights_path, len(weights) == 1), model)

@@ -70,6 +70,7 @@ class ConvNeXt(nn.Module):
     """NHWC images (already resized and ImageNet-normalised) -> (B, num_classes) float32 logits.
 
     Defaults are torchvision's convnext_small (`CONVNEXT_SMALL`); tests use narrow widths.
+    `precision` goes to every conv and Dense (None: the backend default, e.g. TF32 on recent GPUs).
     """
 
     dims: Sequence[int] = CONVNEXT_SMALL["dims"]
@@ -143,7 +144,7 @@ def convnext_logit_loss(params, model: ConvNeXt, x, y):
             f"convnext_logit_loss expects two NHWC RGB batches of the same shape, got "
             f"{tuple(x.shape)} and {tuple(y.shape)}"
         )
-    # Two passes, as the official loss runs: identical images give exactly 0.
+    # Two passes (shared params), as the official loss runs them.
     logits_x = model.apply({"params": params}, imagenet_input(x))
     logits_y = model.apply({"params": params}, imagenet_input(y))
     return jnp.mean(jnp.square(logits_x - logits_y))

@@ -93,7 +93,8 @@ class LPIPS(nn.Module):
     """LPIPS distance between two NHWC image batches in [0, 1]: returns (B,) float32.
 
     Randomly initialised lin heads are all ones (LPIPS' untrained "baseline": a plain channel sum),
-    so random-weight distances are non-negative like the trained ones.
+    so random-weight distances are non-negative like the trained ones. `precision` is passed to
+    the convs (None: the backend default, e.g. TF32 on recent GPUs, as cuDNN convs in torch).
     """
 
     vgg_stages: Sequence[Sequence[int]] = VGG16_STAGES
@@ -124,8 +125,7 @@ class LPIPS(nn.Module):
             images = logical.constrain(images.astype(jnp.float32), ("act_batch", None, None, None))
             return vgg((((images * 2.0 - 1.0) - shift) / scale).astype(self.dtype))
 
-        # Two passes, as the official module runs: identical images give exactly 0 (one
-        # concatenated batch may round the two halves differently).
+        # Two trunk passes (shared params), as the official module runs them.
         distance = jnp.zeros((x.shape[0],), jnp.float32)
         for k, (fx, fy) in enumerate(zip(trunk(x), trunk(y))):
             fx, fy = unit_normalize(fx.astype(jnp.float32)), unit_normalize(fy.astype(jnp.float32))

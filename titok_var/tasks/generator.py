@@ -139,12 +139,12 @@ class GeneratorTask:
 
         return decode, params
 
-    def decode_tokens(self, tokens) -> np.ndarray:
+    def decode_samples(self, tokens) -> np.ndarray:
         """(B, K) tokens -> (B, H, W, 3) images in [0, 1] with the frozen tokenizer."""
         decode, params = self.tokenizer
         images = decode(params, np.asarray(tokens))
         return np.clip(np.asarray(images), 0.0, 1.0)
 
     def preview_rows(self, preview):
-        return [self.decode_tokens(np.asarray(preview["tokens"]))]
+        return [self.decode_samples(np.asarray(preview["tokens"]))]
 

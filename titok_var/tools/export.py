@@ -3,8 +3,10 @@
 import json
 import os
 
+import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -51,20 +53,43 @@ def export_checkpoint(config, workdir: str, export_dir: str, step: int | None = 
     return export_dir
 
 
-def load_exported(export_dir: str, mesh=None):
-    """Returns (task, params, config) of an export; params are replicated on `mesh` (default: all
-    local devices as a data-parallel mesh), whatever device count wrote them."""
+def _read_export_config(export_dir: str):
     config_path = os.path.join(export_dir, CONFIG_FILE)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: {export_dir} is not a titok_var export")
     with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def _abstract_params(task, config):
+    """Parameter shapes; every logical axis replicated, so it also works inside a caller's jit trace
+    or under a caller's mesh (the dummy init batch of 1 divides nothing)."""
+    replicate_all = [(name, None) for name, _ in config.sharding_rules]
+    with nn.logical_axis_rules(replicate_all):
+        return jax.eval_shape(lambda: state_init.unboxed_params(task, jax.random.key(0)))
+
+
+def load_exported(export_dir: str, mesh=None):
+    """Returns (task, params, config) of an export; params are replicated on `mesh` (default: all
+    local devices as a data-parallel mesh), whatever device count wrote them."""
+    config = _read_export_config(export_dir)
     task = registry.get_task(config)
     if mesh is None:
         mesh = jax.sharding.Mesh(jax.devices(), ("data",))
-    abstract = jax.eval_shape(lambda: state_init.unboxed_params(task, jax.random.key(0)))
     replicated = NamedSharding(mesh, PartitionSpec())
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          _abstract_params(task, config))
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.join(os.path.abspath(export_dir), PARAMS_DIR), target)
     return task, params, config
+
+
+def load_exported_to_host(export_dir: str):
+    """(task, params as host numpy arrays, config): safe to call while a jit trace is running,
+    e.g. when a generator first needs its frozen tokenizer inside its train step."""
+    config = _read_export_config(export_dir)
+    task = registry.get_task(config)
+    target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _abstract_params(task, config))
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(os.path.join(os.path.abspath(export_dir), PARAMS_DIR), target)
+    return task, jax.tree.map(np.asarray, params), config

@@ -48,7 +48,7 @@ def sample_checkpoint(config, workdir: str, step: int | None = None, devices=Non
             rows = mine[start:start + batch]
             key = jax.random.fold_in(jax.random.key(settings.seed), int(rows[0]))
             tokens = sample(params, labels[rows], key)
-            images.append(to_uint8(task.decode_tokens(np.asarray(tokens))))
+            images.append(to_uint8(task.decode_samples(np.asarray(tokens))))
             logging.info("sampled %d/%d images", start + len(rows), len(mine))
     checkpointer.close()
     images = np.concatenate(images)
