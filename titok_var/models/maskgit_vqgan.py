@@ -102,6 +102,9 @@ def average_pool_2x(x):
 def nearest_upsample_2x(x):
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
+# TiTok `model.pixel_decoder` names -> VQGAN decoder shape (the released stage-2 models use f16_256).
+PIXEL_DECODER_PRESETS = {"f16_256": MASKGIT_VQGAN_F16_256, "tiny": MASKGIT_VQGAN_TINY}
+
 
 class ResnetBlock(nn.Module):
     """h = conv2(silu(GN2(conv1(silu(GN1(x)))))); h + x, or h + nin_shortcut(h) if channels change."""

@@ -8,10 +8,12 @@ Images are NHWC in [0, 1].
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from titok_var.models.transformer import LayerNorm, Transformer, dense_init
 from titok_var.quantizers.vector_quantizer import VectorQuantizer
+from titok_var.models.maskgit_vqgan import PIXEL_DECODER_PRESETS, MaskGitVQGANDecoder
 from titok_var.sharding import logical
 
 Dtype = Any
@@ -205,6 +207,10 @@ class TiTok(nn.Module):
     # Work in [-1, 1] inside the network (inputs 2x-1, pixel outputs (y+1)/2). The released models
     # use [0, 1] directly; centred pixels let small models leave the mean-image plateau quickly.
     symmetric_pixels: bool = False
+    # Proxy-code head only: a frozen-then-fine-tuned MaskGIT-VQGAN decoder ("pixel_decoder" and
+    # "pixel_quantize" of the released stage-2 models) turning code probabilities into pixels.
+    # "" = none, else a preset of models/maskgit_vqgan.PIXEL_DECODER_PRESETS.
+    pixel_decoder: str = ""
     remat: bool = False
     dtype: Dtype = jnp.float32
 
@@ -231,6 +237,17 @@ class TiTok(nn.Module):
             head=self.decoder_head, proxy_codebook_size=self.proxy_codebook_size, remat=self.remat,
             dtype=self.dtype, **dec,
         )
+        if self.pixel_decoder:
+            if self.decoder_head != "proxy_codes":
+                raise ValueError("pixel_decoder needs decoder_head='proxy_codes' (it decodes code probabilities)")
+            preset = PIXEL_DECODER_PRESETS.get(self.pixel_decoder)
+            if preset is None:
+                raise ValueError(f"unknown pixel_decoder {self.pixel_decoder!r}; expected one of "
+                                 f"{sorted(PIXEL_DECODER_PRESETS)}")
+            if preset["codebook_size"] != self.proxy_codebook_size:
+                raise ValueError(f"pixel_decoder {self.pixel_decoder!r} has {preset['codebook_size']} codes, "
+                                 f"proxy_codebook_size is {self.proxy_codebook_size}")
+            self.pixel_vqgan = MaskGitVQGANDecoder(dtype=self.dtype, **preset)
 
     def check_images(self, images):
         expected = (self.image_size, self.image_size, 3)
@@ -258,6 +275,23 @@ class TiTok(nn.Module):
         """Token ids (B, K) -> decoder output."""
         return self.decode(self.quantize.lookup(indices))
 
+    def proxy_logits_to_pixels(self, logits):
+        """Stage-2 path: softmax over the proxy codes, mixed codebook vectors, VQGAN decoder ->
+        pixels in [0, 1] (not clipped)."""
+        if not self.pixel_decoder:
+            raise ValueError("this TiTok has no pixel_decoder; set model.pixel_decoder")
+        return self.pixel_vqgan.decode_soft(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+
+    def decode_pixels(self, quantized):
+        """Pixels in [0, 1] (not clipped) from either head (the proxy head needs pixel_decoder)."""
+        output = self.decode(quantized)
+        if self.decoder_head == "pixels":
+            return output
+        return self.proxy_logits_to_pixels(output)
+
     def __call__(self, images):
         quantized, aux = self.encode(images)
-        return self.decode(quantized), aux
+        output = self.decode(quantized)
+        if self.pixel_decoder and self.is_initializing():
+            self.proxy_logits_to_pixels(output)  # create the pixel decoder's parameters
+        return output, aux
