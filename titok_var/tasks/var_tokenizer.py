@@ -12,6 +12,7 @@ import numpy as np
 from titok_var.evaluation import codebook_stats, image_metrics, reconstruction_fid
 from titok_var.losses.reconstruction import reconstruction_loss
 from titok_var.models.var_vqvae import VQVAE
+from titok_var.tasks.pixel_losses import PixelLossTerms
 from titok_var.tasks.tokenizer import compute_dtype
 
 
@@ -45,6 +46,7 @@ class VarTokenizerTask:
     def __init__(self, config):
         self.config = config
         self.model = build_var_vqvae(config.model)
+        self.pixel_terms = PixelLossTerms(config.loss, self.model.image_size)
         if not self.model.unit_range_pixels:
             raise ValueError("the data pipeline yields [0, 1] images: set model.unit_range_pixels=True")
         if config.data.image_size != self.model.image_size:
@@ -67,13 +69,27 @@ class VarTokenizerTask:
     def trainable_mask(self):
         return None
 
-    def loss_fn(self, params, batch, rng, step):
-        del rng, step
+    def init_task_state(self, rng):
+        """The discriminator (+ its optimizer, LeCam EMAs) and perceptual net, when configured."""
+        return self.pixel_terms.init_state(rng) if self.pixel_terms.active else None
+
+    def loss_fn(self, params, batch, rng, step, task_state=None):
+        del rng
         images = batch["image"]
         reconstructions, aux = self.model.apply({"params": params}, images)
         loss_config = self.config.loss
         rec = reconstruction_loss(images, reconstructions, loss_config.reconstruction)
         loss = loss_config.reconstruction_weight * rec + loss_config.quantizer_weight * aux["quantizer_loss"]
+        extra_metrics = {}
+        if task_state is not None:
+            def reconstruct_from_last(last_layer):
+                swapped = dict(params, decoder=dict(params["decoder"], conv_out=last_layer))
+                return self.model.apply({"params": swapped}, images)[0]
+
+            extra, extra_metrics = self.pixel_terms.generator_terms(
+                task_state, images, reconstructions, step, last_layer=params["decoder"]["conv_out"],
+                reconstruct_from_last=reconstruct_from_last)
+            loss = loss + extra
         tokens = flatten_token_maps(aux["indices"])
         counts = codebook_stats.code_histogram(tokens, self.model.codebook_size)
         metrics = {
@@ -82,8 +98,14 @@ class VarTokenizerTask:
             "commitment_loss": aux["commitment_loss"],
             "codebook_loss": aux["codebook_loss"],
             "batch_codebook_usage": jnp.mean(counts > 0),
+            **extra_metrics,
         }
-        return loss, metrics
+        return loss, (metrics, {"reconstructions": reconstructions})
+
+    def update_task_state(self, task_state, outputs, batch, rng, step):
+        if task_state is None:
+            return None, {}
+        return self.pixel_terms.update(task_state, batch["image"], outputs["reconstructions"], step)
 
     def encode_tokens(self, params, images):
         """Images in [0, 1] -> (B, L) token ids, all scales flattened coarse to fine."""
