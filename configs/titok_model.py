@@ -45,17 +45,53 @@ def loss_config(**overrides):
     return config
 
 
+def proxy_config(**overrides):
+    """The frozen MaskGIT-VQGAN that supplies stage-1 targets (converted weights file)."""
+    config = ml_collections.ConfigDict(dict(preset="f16_256", vqgan_weights="", random_init=False))
+    config.update(overrides)
+    return config
+
+
+def stage2_loss_config(**overrides):
+    """Official ReconstructionLoss_Stage2: l2 + 0.1 ConvNeXt-S logits + 0.01 hinge GAN from 20k,
+    LeCam 0.001; discriminator AdamW lr 1e-4 (0.9, 0.999), wd 1e-4."""
+    config = loss_config(
+        perceptual_loss="convnext_s", perceptual_weight=0.1, perceptual_weights="",
+        discriminator_start=20_000, discriminator_weight=0.01, lecam_weight=0.001, lecam_decay=0.999,
+        discriminator_learning_rate=1e-4, discriminator_b1=0.9, discriminator_b2=0.999,
+        discriminator_weight_decay=1e-4)
+    config.update(overrides)
+    return config
+
+
+STAGES = ("single", "stage1", "stage2")
+
+
 def titok_config(variant: str, arg=None):
-    """The single-stage pixel recipe (paper Table 3c) for one of the paper's variants."""
-    args = common.parse_arg(arg, runlocal=False)
+    """A paper variant; `:stage1` / `:stage2` give the two-stage recipe (App. A), the default is the
+    single-stage pixel recipe (Table 3c "Taming-VQGAN setting"); `:runlocal` shrinks it for CPU."""
+    args = common.parse_arg(arg, stage="single", runlocal=False)
+    if args.stage not in STAGES:
+        raise ValueError(f"unknown TiTok stage {args.stage!r}; expected one of {STAGES}")
     encoder_size, decoder_size, tokens = VARIANTS[variant]
-    config = common.base_config("titok")
+    name = {"single": "titok", "stage1": "titok_stage1", "stage2": "titok_stage2"}[args.stage]
+    config = common.base_config(name)
     config.model = model_config(encoder_size, decoder_size, tokens)
     config.loss = loss_config()
-    # App. A: AdamW lr 1e-4 cosine, wd 1e-4, batch 256, 1M iterations.
+    # App. A: AdamW lr 1e-4 cosine, wd 1e-4, batch 256, 1M iterations (stage 2: 500k, warmup 5k).
     config.optimizer = common.optimizer_config()
     config.train = common.train_config(num_steps=1_000_000, global_batch_size=256)
     config.data = common.data_config(name="imagenet2012", image_size=256)
+    if args.stage != "single":
+        config.model.update(decoder_head="proxy_codes", legacy_reshape=True)
+        config.proxy = proxy_config()
+    if args.stage == "stage2":
+        config.model.pixel_decoder = "f16_256"
+        config.loss = stage2_loss_config()
+        config.optimizer.update(warmup_steps=5_000, b2=0.999)
+        config.train.num_steps = 500_000
+        config.init = ml_collections.ConfigDict(
+            dict(stage1_export="", vqgan_weights="", preset="f16_256", random_init=False))
     if args.runlocal:
         config.model.update(image_size=32, patch_size=8, dtype="float32")
         config.data.update(name="shapes", image_size=32, shapes_num_train=2048, shapes_num_eval=256)
@@ -63,4 +99,14 @@ def titok_config(variant: str, arg=None):
                             checkpoint_every_steps=10, data_workers=2)
         config.eval.update(global_batch_size=8, num_examples=32)
         config.optimizer.warmup_steps = 5
+        if args.stage != "single":
+            # The tiny VQGAN makes 16x16 codes of 32 px images: TiTok patch 2 gives the same grid.
+            config.model.update(patch_size=2, proxy_codebook_size=64, encoder_size="tiny", decoder_size="tiny")
+            config.proxy.update(preset="tiny", random_init=True)
+        if args.stage == "stage2":
+            config.model.pixel_decoder = "tiny"
+            config.init.update(preset="tiny", random_init=True)
+            config.loss.update(perceptual_loss="lpips", perceptual_random_init=True, discriminator_start=5,
+                               discriminator_channels=16, discriminator_stages=1, discriminator_norm_groups=4,
+                               discriminator_pool=4)
     return config

@@ -1,12 +1,15 @@
 """Model families by name: `config.model_name` picks the task that builds, trains and evaluates it."""
 
 from titok_var.tasks.generator import GeneratorTask
+from titok_var.tasks.titok_stages import DecoderFinetuneTask, ProxyCodeTask
 from titok_var.tasks.tokenizer import TokenizerTask
 from titok_var.tasks.var_generator import VarGeneratorTask
 from titok_var.tasks.var_tokenizer import VarTokenizerTask
 
 TASKS = {
     "titok": TokenizerTask,
+    "titok_stage1": ProxyCodeTask,
+    "titok_stage2": DecoderFinetuneTask,
     "maskgit": GeneratorTask,
     "var_vqvae": VarTokenizerTask,
     "var": VarGeneratorTask,

@@ -58,11 +58,7 @@ class PixelLossTerms:
             setting(loss_config, "discriminator_learning_rate"),
             b1=setting(loss_config, "discriminator_b1"), b2=setting(loss_config, "discriminator_b2"),
             weight_decay=setting(loss_config, "discriminator_weight_decay"))
-        self.perceptual = None
-        if self.perceptual_kind:
-            # Builds the loss and fails at start (naming the file to fetch) when weights are missing;
-            # the params themselves are (re)loaded into the task state by init_state.
-            self.perceptual, _ = self._load_perceptual(jax.random.key(0))
+        self.perceptual = None  # the loss function, built with its params by init_state
 
     @property
     def active(self) -> bool:
@@ -77,7 +73,9 @@ class PixelLossTerms:
         perceptual_key, disc_key = jax.random.split(rng)
         state = {}
         if self.perceptual_kind:
-            _, state["perceptual"] = self._load_perceptual(perceptual_key)
+            # Runs when the train state's shapes are first computed, so a missing weights file
+            # fails at start with the file to fetch; the params live in the task state.
+            self.perceptual, state["perceptual"] = self._load_perceptual(perceptual_key)
         if self.use_gan:
             images = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
             params = self.discriminator.init(disc_key, images)["params"]

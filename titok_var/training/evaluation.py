@@ -22,14 +22,26 @@ def eval_params(state, config):
     return state.params
 
 
-def evaluate(task, params, param_shardings, config, mesh):
-    """Returns (scalar metrics, preview rows) summed over the whole eval split."""
+def evaluate(task, params, param_shardings, config, mesh, task_state=None):
+    """Returns (scalar metrics, preview rows) summed over the whole eval split.
+
+    Tasks with `eval_uses_task_state` get the train state's task state (e.g. a frozen helper
+    network) as a third eval_step argument; it is replicated.
+    """
     replicated = NamedSharding(mesh, PartitionSpec())
-    eval_step = jax.jit(
-        task.eval_step,
-        in_shardings=(param_shardings, mesh_lib.batch_sharding(mesh)),
-        out_shardings=replicated,
-    )
+    if getattr(task, "eval_uses_task_state", False):
+        if task_state is None:
+            raise ValueError(f"{type(task).__name__} evaluates with its task state; pass the train state's")
+        state_shardings = jax.tree.map(lambda _: replicated, task_state)
+        jitted = jax.jit(task.eval_step, in_shardings=(param_shardings, mesh_lib.batch_sharding(mesh), state_shardings),
+                         out_shardings=replicated)
+        eval_step = lambda p, batch: jitted(p, batch, task_state)  # noqa: E731
+    else:
+        eval_step = jax.jit(
+            task.eval_step,
+            in_shardings=(param_shardings, mesh_lib.batch_sharding(mesh)),
+            out_shardings=replicated,
+        )
     stats = pipeline.PipelineStats()
     totals, preview = None, None
     # Optional per-example features (e.g. Inception activations for FID), accumulated in float64.

@@ -84,7 +84,8 @@ def build_optimizer(config, trainable_mask=None) -> optax.GradientTransformation
     )
     if trainable_mask is None:
         return tx
-    labels = lambda params: jax.tree.map(  # noqa: E731
-        lambda trainable: "train" if trainable else "freeze", trainable_mask(params)
-    )
-    return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+    # Frozen parameters get zero gradients before clipping (so they do not count in the global
+    # norm) and zero updates after AdamW (so weight decay leaves them alone). Their (zero) Adam
+    # moments are kept, which keeps every optimizer-state leaf shaped like its parameter.
+    frozen = lambda params: jax.tree.map(lambda trainable: not trainable, trainable_mask(params))  # noqa: E731
+    return optax.chain(optax.masked(optax.set_to_zero(), frozen), tx, optax.masked(optax.set_to_zero(), frozen))

@@ -82,7 +82,46 @@ def create_train_state(task, tx, config, mesh: Mesh, rules, layout: StateLayout)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         seed_key = jax.device_put(jax.random.key(config.seed), NamedSharding(mesh, PartitionSpec()))
-        return jax.jit(init, out_shardings=layout.shardings)(seed_key)
+        state = jax.jit(init, out_shardings=layout.shardings)(seed_key)
+        overrides = task.initial_overrides() if hasattr(task, "initial_overrides") else None
+        if overrides:
+            state = _apply_overrides(state, overrides, tx, layout, use_ema)
+        return state
+
+
+def overlay(tree, partial, path: str = ""):
+    """`tree` with the subtrees present in `partial` replaced (host arrays of the same shapes)."""
+    if not isinstance(partial, dict):
+        if tuple(jnp.shape(partial)) != tuple(tree.shape):
+            raise ValueError(f"warm-start value for {path or '/'} has shape {tuple(jnp.shape(partial))}, "
+                             f"the model expects {tuple(tree.shape)}")
+        return partial
+    if not isinstance(tree, dict):
+        raise ValueError(f"warm-start tree has a subtree at {path}, the model a leaf")
+    unknown = sorted(set(partial) - set(tree))
+    if unknown:
+        raise ValueError(f"warm-start values for unknown parameters under {path or '/'}: {unknown}")
+    return {k: overlay(v, partial[k], f"{path}/{k}") if k in partial else v for k, v in tree.items()}
+
+
+def _apply_overrides(state: TrainState, overrides: dict, tx, layout: StateLayout, use_ema: bool) -> TrainState:
+    """Warm start (e.g. TiTok stage 2 from stage 1, frozen helper networks): host values for some
+    parameters / task-state entries, placed into their shardings; optimizer state and EMA restart
+    from the overridden parameters."""
+    def place(tree, shardings):
+        return jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), tree, shardings)
+
+    params, task_state = state.params, state.task_state
+    if overrides.get("params"):
+        # Untouched leaves stay on device: no host ever holds the whole model.
+        params = place(overlay(params, overrides["params"]), layout.shardings.params)
+    if overrides.get("task_state"):
+        task_state = place(overlay(task_state, overrides["task_state"]), layout.shardings.task_state)
+    opt_state = jax.jit(tx.init, out_shardings=layout.shardings.opt_state)(params)
+    # A separate copy: the train step donates the state, and one buffer must not be donated twice.
+    ema_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=layout.shardings.params)(params)
+    return state.replace(params=params, opt_state=opt_state, ema_params=ema_params if use_ema else None,
+                         task_state=task_state)
 
 
 

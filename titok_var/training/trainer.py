@@ -214,7 +214,8 @@ def train(config, workdir: str, *, devices=None, step_callback: Callable | None 
                 save(step)
             if (train_config.eval_every_steps and step % train_config.eval_every_steps == 0) or last:
                 eval_metrics, rows = evaluation.evaluate(
-                    exp.task, evaluation.eval_params(state, config), exp.layout.shardings.params, config, exp.mesh)
+                    exp.task, evaluation.eval_params(state, config), exp.layout.shardings.params, config, exp.mesh,
+                    task_state=state.task_state)
                 evaluation.write_eval_outputs(workdir, step, eval_metrics, rows, writer)
             if not last and watcher.requested():
                 logging.warning("preemption requested at step %d: saving a checkpoint and stopping", step)
@@ -237,7 +238,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=N
     with exp.context():
         state = restore_or_create(exp, checkpointer, step)
         metrics, rows = evaluation.evaluate(
-            exp.task, evaluation.eval_params(state, config), exp.layout.shardings.params, config, exp.mesh)
+            exp.task, evaluation.eval_params(state, config), exp.layout.shardings.params, config, exp.mesh,
+                    task_state=state.task_state)
         evaluation.write_eval_outputs(workdir, step, metrics, rows, writer)
     checkpointer.close()
     return metrics
