@@ -1,0 +1,171 @@
+"""One command for every weight converter of titok_var:
+
+    python -m titok_var.tools.convert --arch ARCH --input FILE --output DIR [--lin vgg.pth]
+
+ARCH picks the converter and the released configuration it builds:
+  var_vqvae                          tools/convert_var.py              vae_ch160v4096z32.pth
+  var_d16 var_d20 var_d24 var_d30    tools/convert_var_transformer.py  var_d{depth}.pth (256 px)
+  var_d36                            tools/convert_var_transformer.py  var_d36.pth (512 px, shared AdaLN)
+  maskgit_vqgan                      tools/convert_maskgit_vqgan.py    maskgit-vqgan-imagenet-f16-256.bin
+  titok_l32 titok_b64 titok_s128 ... tools/convert_titok.py            tokenizer_titok_*.bin / model.safetensors
+  maskgit_l32 maskgit_b64 maskgit_s128  tools/convert_maskgit.py       generator_titok_*.bin
+  inception_fid                      tools/convert_inception.py        pt_inception-2015-12-05-6726825d.pth
+  lpips convnext_s                   tools/convert_perceptual.py       vgg16-397923af.pth (+ --lin vgg.pth),
+                                                                       convnext_small-0c510722.pth
+
+Each converter's own CLI does the work; this writes what it wrote into DIR (DIR/<arch>.npz, except
+maskgit_vqgan -> maskgit_vqgan.npz or pixel_decoder.npz, lpips -> lpips_vgg16.npz and convnext_s ->
+convnext_small.npz, the names their loaders expect) and DIR/convert.json recording the arch, the
+input file name, the written file and its parameter count.
+"""
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import zipfile
+from collections.abc import Callable
+
+import numpy as np
+
+from titok_var.tools.convert_titok import RELEASED_VARIANTS as TITOK_VARIANTS
+
+TITOK_HF = "https://huggingface.co/fun-research/TiTok/resolve/main/{}"
+RECORD_FILE = "convert.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    module: str  # converter module under titok_var.tools; its main(argv) is called
+    flags: tuple[str, ...] = ()  # converter flags besides --input / --output
+    output_is_dir: bool = False  # the converter takes DIR as --output (else DIR/<written>)
+    written: str = ""  # file the converter writes into DIR; "" = <arch>.npz
+    # converter module -> (released file name, download URL)
+    source: Callable = lambda module: ("", "")
+
+
+def _var_transformer(depth: int) -> Arch:
+    return Arch(
+        "convert_var_transformer", ("--depth", str(depth)) + (("--shared-adaln",) if depth == 36 else ()),
+        output_is_dir=True, source=lambda m: (f"var_d{depth}.pth", m.CHECKPOINT_URL.format(depth=depth)),
+    )
+
+
+def _titok(variant: str) -> Arch:
+    return Arch("convert_titok", ("--variant", variant), output_is_dir=True, source=lambda m: m.CHECKPOINTS[variant])
+
+
+def _maskgit(variant: str) -> Arch:
+    def source(module):
+        name = module.CHECKPOINTS[variant]
+        return name, TITOK_HF.format(name)
+
+    return Arch("convert_maskgit", ("--variant", variant), source=source)
+
+
+ARCHS: dict[str, Arch] = {
+    "var_vqvae": Arch("convert_var", source=lambda m: (m.CHECKPOINT_NAME, m.CHECKPOINT_URL)),
+    **{f"var_d{d}": _var_transformer(d) for d in (16, 20, 24, 30, 36)},
+    # Writes maskgit_vqgan.npz, or pixel_decoder.npz for a TiTok checkpoint's pixel decoder.
+    "maskgit_vqgan": Arch("convert_maskgit_vqgan", output_is_dir=True,
+                          source=lambda m: (m.CHECKPOINT_NAME, m.CHECKPOINT_URL)),
+    **{variant: _titok(variant) for variant in TITOK_VARIANTS},
+    **{f"maskgit_{v.replace('-', '').lower()}": _maskgit(v) for v in ("L-32", "B-64", "S-128")},
+    "inception_fid": Arch("convert_inception", source=lambda m: (m.FID_WEIGHTS_FILENAME, m.FID_WEIGHTS_URL)),
+    "lpips": Arch("convert_perceptual", ("--arch", "lpips"), output_is_dir=True, written="lpips_vgg16.npz",
+                  source=lambda m: (m.VGG16_NAME, f"{m.VGG16_URL} (plus --lin {m.LPIPS_LIN_NAME}: {m.LPIPS_LIN_URL})")),
+    "convnext_s": Arch("convert_perceptual", ("--arch", "convnext_s"), output_is_dir=True,
+                       written="convnext_small.npz", source=lambda m: (m.CONVNEXT_SMALL_NAME, m.CONVNEXT_SMALL_URL)),
+}
+
+
+def arch_spec(arch: str) -> Arch:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    return ARCHS[arch]
+
+
+def converter(arch: str):
+    """The converter module of `arch` (imported on demand)."""
+    return importlib.import_module(f"titok_var.tools.{arch_spec(arch).module}")
+
+
+def download_source(arch: str) -> tuple[str, str]:
+    """(released file name, where to download it) for `arch`."""
+    return arch_spec(arch).source(converter(arch))
+
+
+def _require_file(path: str, what: str, arch: str) -> None:
+    if not os.path.isfile(path):
+        name, url = download_source(arch)
+        raise FileNotFoundError(
+            f"{what} {path!r} not found; --arch {arch} converts {name}, released at {url}"
+        )
+
+
+def count_parameters(npz_path: str) -> int:
+    """Total size of the arrays of an uncompressed .npz, from their headers (no data is read)."""
+    total = 0
+    with zipfile.ZipFile(npz_path) as archive:
+        for name in archive.namelist():
+            with archive.open(name) as f:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, _ = read_header(f)
+            total += int(np.prod(shape))
+    return total
+
+
+def convert(arch: str, input_path: str, output_dir: str, lin: str | None = None) -> dict:
+    """Runs the converter of `arch` on `input_path`, writing into `output_dir`; returns the record
+    also written to DIR/convert.json."""
+    spec = arch_spec(arch)
+    input_path, output_dir = os.fspath(input_path), os.fspath(output_dir)
+    _require_file(input_path, "input file", arch)
+    extra = []
+    if lin is not None:
+        if arch != "lpips":
+            raise ValueError(f"--lin (the LPIPS lin heads) only applies to --arch lpips, not {arch}")
+        _require_file(lin, "LPIPS lin-heads file", arch)
+        extra = ["--lin", os.fspath(lin)]
+    os.makedirs(output_dir, exist_ok=True)
+    written = os.path.join(output_dir, spec.written or f"{arch}.npz")
+    output = output_dir if spec.output_is_dir else written
+    returned = converter(arch).main([*spec.flags, "--input", input_path, "--output", output, *extra])
+    if isinstance(returned, str):  # converters that choose the file name report it
+        written = returned
+    if not os.path.isfile(written):
+        raise RuntimeError(f"the {spec.module} converter did not write {written}")
+    record = {
+        "arch": arch,
+        "input": os.path.basename(input_path),
+        "output": os.path.basename(written),
+        "parameters": count_parameters(written),
+        "converter": f"titok_var.tools.{spec.module}",
+    }
+    if lin is not None:
+        record["lin"] = os.path.basename(lin)
+    with open(os.path.join(output_dir, RECORD_FILE), "w") as f:
+        json.dump(record, f, indent=2)
+    return record
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="known archs: " + ", ".join(ARCHS)
+    )
+    parser.add_argument("--arch", required=True, help="which model the weights are for (see below)")
+    parser.add_argument("--input", required=True, help="the released torch checkpoint, or a torch-keyed .npz")
+    parser.add_argument("--output", required=True, help="directory for the converted .npz and convert.json")
+    parser.add_argument("--lin", default=None, help="lpips only: the LPIPS lin heads (vgg.pth)")
+    args = parser.parse_args(argv)
+    if args.arch not in ARCHS:
+        parser.error(f"unknown --arch {args.arch!r}; known: {', '.join(ARCHS)}")
+    record = convert(args.arch, args.input, args.output, args.lin)
+    print(f"{args.arch}: {record['parameters']:,} parameters -> {os.path.join(args.output, record['output'])}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
