@@ -12,7 +12,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "export", "sample"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "export", "sample", "probe"],
+                          "train | eval (generators with eval.reference_stats also get gFID/IS/PR) | summary "
+                          "(parameter counts) | export | sample | probe (linear probing of a TiTok encoder).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/export (default: newest).")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output folder of --mode export.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
@@ -46,6 +48,11 @@ def main(argv):
     elif mode == "eval":
         metrics = trainer.evaluate_checkpoint(config, workdir, _STEP.value)
         print({k: round(v, 5) for k, v in metrics.items()}, flush=True)
+        if config.eval.get("reference_stats"):
+            from titok_var.tools import generative_eval
+
+            generation = generative_eval.generative_eval_checkpoint(config, workdir, _STEP.value)
+            print({k: round(float(v), 5) for k, v in generation.items()}, flush=True)
     elif mode == "export":
         if not _EXPORT_DIR.value:
             raise app.UsageError("--export_dir is required for --mode export")
@@ -56,6 +63,10 @@ def main(argv):
         from titok_var.tools import sample
 
         print(sample.sample_checkpoint(config, workdir, _STEP.value), flush=True)
+    elif mode == "probe":
+        from titok_var.tools import linear_probe_run
+
+        print(linear_probe_run.probe_checkpoint(config, workdir, _STEP.value), flush=True)
 
 
 if __name__ == "__main__":

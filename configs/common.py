@@ -105,7 +105,7 @@ def train_config(**overrides):
 def eval_config(**overrides):
     config = ml_collections.ConfigDict(
         dict(global_batch_size=256, num_examples=50_000, grid_images=8, checkpoint_step=-1, use_ema=True,
-             inception_weights="")
+             inception_weights="", reference_stats="")
     )
     config.update(overrides)
     return config

@@ -1,0 +1,173 @@
+"""VAR zero-shot editing with a tiny, briefly trained VQVAE + VAR (16 px, scales 1, 2, 4): kept
+tokens equal the image's at every scale, seeds change only the generated region, an all-keep mask
+reproduces the VQVAE reconstruction, out-painting keeps the centre, box and mask file agree, bad
+inputs fail clearly, and the command writes its files."""
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from titok_var.data import shapes
+from titok_var.data.sources import CorruptImageError
+from titok_var.data.transforms import eval_transform
+from titok_var.generation.edit_masks import per_scale_keep_masks
+from titok_var.tasks.var_tokenizer import split_token_maps
+from titok_var.tools import export, pretokenize, var_edit
+from titok_var.training import trainer
+from tests.helpers import tiny_var_vqvae_config
+from tests.test_var_generator import tiny_var_config
+
+STEPS = 30
+PATCH_NUMS = (1, 2, 4)
+TOP_HALF = (0.0, 0.0, 0.5, 1.0)
+CENTRE = (0.25, 0.25, 0.75, 0.75)
+SAMPLES = 3  # one batch size everywhere: the sampler compiles once
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("var_edit")
+    vq_config = tiny_var_vqvae_config(num_steps=STEPS, checkpoint_every_steps=STEPS, log_every_steps=10)
+    vq_config.optimizer.update(learning_rate=3e-3, warmup_steps=5)
+    one_device = jax.devices()[:1]  # compiles faster than the 8 fake devices
+    trainer.train(vq_config, str(root / "vqvae"), devices=one_device)
+    export_dir = export.export_checkpoint(vq_config, str(root / "vqvae"), str(root / "export"))
+    data_dir = str(root / "tokens")
+    for split in ("train", "eval"):
+        pretokenize.pretokenize(export_dir, vq_config.data, data_dir, split, batch_size=64, flips=False)
+    config = tiny_var_config(export_dir, vq_config.data, data_dir, num_steps=STEPS,
+                             checkpoint_every_steps=STEPS, log_every_steps=10)
+    workdir = str(root / "var")
+    trainer.train(config, workdir, devices=one_device)
+
+    exp = trainer.build_experiment(config, workdir, one_device)
+    checkpointer = trainer.open_checkpointer(config, workdir)
+    with exp.context():
+        params = trainer.restore_or_create(exp, checkpointer).params
+    checkpointer.close()
+    # A non-square photo: the command resizes its shorter side to 16 and centre-crops.
+    photo = shapes.render_example(5, 24, np.random.default_rng(0))[:, 2:22]
+    image_path = root / "photo.png"
+    Image.fromarray(photo).save(image_path)
+    image = eval_transform(photo, 16)
+    vq_task, vq_params, _ = exp.task._vqvae
+    image_tokens = np.asarray(vq_task.encode_tokens(vq_params, image[None]))[0]
+    return dict(devices=one_device, config=config, workdir=workdir, root=root, task=exp.task, exp=exp, params=params,
+                image_path=str(image_path), image=image, image_tokens=image_tokens)
+
+
+def _edit(setup, keep_mask, seed, label=None):
+    task = setup["task"]
+    labels = var_edit.edit_labels(label, task.num_classes, SAMPLES)
+    with setup["exp"].context():
+        tokens, f_hat = var_edit.edit_tokens(task, setup["params"], setup["image_tokens"], keep_mask,
+                                             labels, jax.random.key(seed))
+    return split_token_maps(np.asarray(tokens), PATCH_NUMS), f_hat
+
+
+def test_kept_tokens_equal_the_image_and_seeds_change_only_the_generated_region(setup):
+    keep = var_edit.edit_keep_mask(PATCH_NUMS, box=TOP_HALF, inpaint=True)
+    scale_masks = per_scale_keep_masks(keep, PATCH_NUMS)
+    # The top half is generated at scales 2x2 and 4x4; the 1x1 scale always keeps the image.
+    assert scale_masks[0].all() and scale_masks[1].tolist() == [[False, False], [True, True]]
+    assert not scale_masks[2][:2].any() and scale_masks[2][2:].all()
+    known = split_token_maps(setup["image_tokens"][None], PATCH_NUMS)
+    first, _ = _edit(setup, keep, seed=1)
+    compiled = var_edit._sample_edits._cache_size()
+    second, _ = _edit(setup, keep, seed=2)
+    assert var_edit._sample_edits._cache_size() == compiled  # a new seed reuses the program
+    for si, kept in enumerate(scale_masks):
+        for out in (first, second):
+            np.testing.assert_array_equal(out[si][:, kept], np.broadcast_to(known[si][0][kept], out[si][:, kept].shape))
+    generated_differ = [not np.array_equal(first[si][:, ~kept], second[si][:, ~kept]) for si, kept in
+                        enumerate(scale_masks) if (~kept).any()]
+    assert any(generated_differ), "two seeds sampled the same generated region"
+
+
+def test_a_fully_kept_mask_reproduces_the_vqvae_reconstruction(setup):
+    task = setup["task"]
+    keep = np.ones((4, 4), bool)
+    maps, f_hat = _edit(setup, keep, seed=0, label=3)
+    np.testing.assert_array_equal(np.concatenate([m.reshape(SAMPLES, -1) for m in maps], 1),
+                                  np.tile(setup["image_tokens"], (SAMPLES, 1)))
+    vq_task, vq_params, _ = task._vqvae
+    reconstruction, _ = vq_task.reconstruct(vq_params, setup["image"][None])
+    edits = task.decode_samples(f_hat)
+    np.testing.assert_allclose(edits, np.repeat(np.asarray(reconstruction), SAMPLES, axis=0), atol=1e-5)
+
+
+def test_outpainting_keeps_the_centre_and_generates_the_border(setup):
+    keep = var_edit.edit_keep_mask(PATCH_NUMS, box=CENTRE, inpaint=False)
+    expected = np.zeros((4, 4), bool)
+    expected[1:3, 1:3] = True
+    np.testing.assert_array_equal(keep, expected)
+    maps, _ = _edit(setup, keep, seed=0)
+    finest = split_token_maps(setup["image_tokens"][None], PATCH_NUMS)[2][0]
+    np.testing.assert_array_equal(maps[2][:, 1:3, 1:3], np.broadcast_to(finest[1:3, 1:3], (SAMPLES, 2, 2)))
+    assert (maps[2][:, ~expected] != finest[~expected]).any(), "the border was not generated"
+
+
+@pytest.mark.parametrize("inpaint", [True, False])
+def test_box_and_mask_file_give_the_same_keep_mask(setup, inpaint, tmp_path):
+    region = np.zeros((16, 16), np.uint8)
+    region[:8] = 255  # the top half, white = the region, at image resolution
+    Image.fromarray(region).save(tmp_path / "pixels.png")
+    Image.fromarray(region[::4, ::4]).convert("1").save(tmp_path / "tokens.png")  # on the token grid
+    from_box = var_edit.edit_keep_mask(PATCH_NUMS, box=TOP_HALF, inpaint=inpaint)
+    np.testing.assert_array_equal(from_box[:2], not inpaint)
+    np.testing.assert_array_equal(from_box[2:], inpaint)
+    for name in ("pixels.png", "tokens.png"):
+        from_file = var_edit.edit_keep_mask(PATCH_NUMS, mask_path=tmp_path / name, inpaint=inpaint)
+        np.testing.assert_array_equal(from_file, from_box)
+
+
+def test_edit_image_writes_the_outputs(setup, tmp_path):
+    region = np.zeros((16, 16), np.uint8)
+    region[4:12, 4:12] = 255
+    mask_path = tmp_path / "centre.png"
+    Image.fromarray(region).save(mask_path)
+    out_dir = var_edit.edit_image(setup["config"], setup["workdir"], setup["image_path"], mask_path=str(mask_path),
+                                  inpaint=True, class_label=3, num_samples=3, seed=7,
+                                  devices=setup["devices"])
+    assert out_dir.endswith("edits/photo_inpaint_class3")
+    keep = ~np.pad(np.ones((2, 2), bool), 1)
+    input_png = np.asarray(Image.open(f"{out_dir}/input.png"))
+    np.testing.assert_array_equal(input_png, np.round(setup["image"] * 255).astype(np.uint8))
+    mask_png = np.asarray(Image.open(f"{out_dir}/mask.png"))
+    np.testing.assert_array_equal(mask_png, np.where(np.kron(keep, np.ones((4, 4), bool)), 0, 255))
+    assert np.asarray(Image.open(f"{out_dir}/edits.png")).shape == (18 + 2, 5 * 18 + 2, 3)
+    with np.load(f"{out_dir}/edits.npz") as saved:
+        assert saved["edits"].shape == (3, 16, 16, 3) and saved["edits"].dtype == np.uint8
+        np.testing.assert_array_equal(saved["input"], input_png)
+        np.testing.assert_array_equal(saved["keep_mask"], keep)
+        np.testing.assert_array_equal(saved["labels"], [3, 3, 3])
+        np.testing.assert_array_equal(saved["input_tokens"], setup["image_tokens"])
+        finest = saved["tokens"][:, -16:].reshape(3, 4, 4)
+        np.testing.assert_array_equal(finest[:, keep], np.tile(setup["image_tokens"][-16:].reshape(4, 4)[keep], (3, 1)))
+
+
+def test_bad_inputs_fail_clearly(setup, tmp_path):
+    config, workdir, image = setup["config"], setup["workdir"], setup["image_path"]
+    with pytest.raises(FileNotFoundError, match="image to edit .*missing.png"):
+        var_edit.edit_image(config, workdir, str(tmp_path / "missing.png"), box=CENTRE)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(CorruptImageError, match="corrupt.png"):
+        var_edit.edit_image(config, workdir, str(corrupt), box=CENTRE)
+    with pytest.raises(ValueError, match=r"fractions in \[0, 1\]"):
+        var_edit.edit_image(config, workdir, image, box=(0.2, 0.2, 1.3, 0.8))
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match="multiple of the finest token grid 4"):
+        var_edit.edit_image(config, workdir, image, mask_path=str(tmp_path / "small.png"))
+    with pytest.raises(FileNotFoundError, match="edit mask"):
+        var_edit.edit_image(config, workdir, image, mask_path=str(tmp_path / "nope.png"))
+    with pytest.raises(ValueError, match="exactly one of"):
+        var_edit.edit_image(config, workdir, image)
+    with pytest.raises(ValueError, match="exactly one of"):
+        var_edit.edit_image(config, workdir, image, box=CENTRE, mask_path=str(tmp_path / "small.png"))
+    with pytest.raises(ValueError, match="class_label must be in"):
+        var_edit.edit_image(config, workdir, image, box=CENTRE, class_label=16)
+    with pytest.raises(ValueError, match="four comma-separated"):
+        var_edit.parse_box("0.1,0.2,0.3")
+    assert var_edit.parse_box("0.1, 0.2,0.8,0.9") == (0.1, 0.2, 0.8, 0.9)
