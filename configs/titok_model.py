@@ -9,7 +9,11 @@ VARIANTS = {
     "s128": ("small", "small", 128),
     "b64": ("base", "base", 64),
     "l32": ("large", "large", 32),
+    # 512 px (paper App. A): twice the tokens, patch 32 so the grid stays 16 x 16.
+    "l64_512": ("large", "large", 64),
+    "b128_512": ("base", "base", 128),
 }
+HIGH_RESOLUTION = {"l64_512", "b128_512"}
 
 
 def model_config(encoder_size, decoder_size, num_latent_tokens, **overrides):
@@ -77,11 +81,17 @@ def titok_config(variant: str, arg=None):
     name = {"single": "titok", "stage1": "titok_stage1", "stage2": "titok_stage2"}[args.stage]
     config = common.base_config(name)
     config.model = model_config(encoder_size, decoder_size, tokens)
+    if variant in HIGH_RESOLUTION:
+        # The released MaskGIT-VQGAN gives 32 x 32 codes at 512 px, not this 16 x 16 grid; the
+        # paper does not say how its 512 px proxy codes were made, so only the single stage runs.
+        if args.stage != "single":
+            raise ValueError(f"titok_{variant}: the two-stage recipe is not defined at 512 px (no matching proxy VQGAN)")
+        config.model.update(image_size=512, patch_size=32)
     config.loss = loss_config()
     # App. A: AdamW lr 1e-4 cosine, wd 1e-4, batch 256, 1M iterations (stage 2: 500k, warmup 5k).
     config.optimizer = common.optimizer_config()
     config.train = common.train_config(num_steps=1_000_000, global_batch_size=256)
-    config.data = common.data_config(name="imagenet2012", image_size=256)
+    config.data = common.data_config(name="imagenet2012", image_size=config.model.image_size)
     if args.stage != "single":
         config.model.update(decoder_head="proxy_codes", legacy_reshape=True)
         config.proxy = proxy_config()

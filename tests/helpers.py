@@ -32,3 +32,41 @@ def tiny_var_vqvae_config(**train_overrides):
     config.eval.update(global_batch_size=16, num_examples=32, grid_images=4)
     config.optimizer.update(warmup_steps=2)
     return config
+
+
+VAR_STEPS = 300
+
+
+def tiny_var_config(export_dir, image_data, data_dir, **train_overrides):
+    """A 2-block VAR over the tiny VQVAE's 21 tokens (scales 1, 2, 4)."""
+    from configs import var_tiny
+
+    config = var_tiny.get_config()
+    config.model.update(depth=2, width=64, num_heads=2, vocab_size=32, vae_channels=4, patch_nums=(1, 2, 4))
+    config.tokenizer.update(export_dir=export_dir, image_data=image_data, batch_size=64)
+    config.data.update(data_dir=data_dir, train_split=image_data.train_split, eval_split=image_data.eval_split)
+    config.train.update(num_steps=VAR_STEPS, global_batch_size=32, log_every_steps=50, eval_every_steps=0,
+                        checkpoint_every_steps=VAR_STEPS, async_checkpointing=False)
+    config.train.update(train_overrides)
+    config.optimizer.update(learning_rate=3e-3, warmup_steps=20)
+    config.eval.update(global_batch_size=16, num_examples=16, grid_images=4)
+    config.sample.update(num_per_class=4, global_batch_size=64)
+    return config
+
+
+def train_tiny_var_pipeline(root):
+    """Tiny VQVAE (300 steps) -> export -> token maps -> tiny VAR (300 steps) under `root`."""
+    from titok_var.tools import export, pretokenize
+    from titok_var.training import trainer
+
+    vq_config = tiny_var_vqvae_config(num_steps=300, checkpoint_every_steps=300, log_every_steps=100)
+    vq_config.optimizer.update(learning_rate=3e-3, warmup_steps=5)
+    vq_config.data.update(shapes_num_train=512, shapes_num_eval=32)
+    trainer.train(vq_config, str(root / "vqvae"))
+    export_dir = export.export_checkpoint(vq_config, str(root / "vqvae"), str(root / "export"))
+    data_dir = str(root / "tokens")
+    for split in ("train", "eval"):
+        pretokenize.pretokenize(export_dir, vq_config.data, data_dir, split, batch_size=64, flips=False)
+    config = tiny_var_config(export_dir, vq_config.data, data_dir)
+    result = trainer.train(config, str(root / "var"))
+    return dict(config=config, result=result, workdir=str(root / "var"), vq_config=vq_config, export_dir=export_dir)

@@ -1,6 +1,6 @@
 """Perceptual + GAN terms in a training run (VAR VQVAE task): the discriminator switches on at its
 step and trains only from then on, its state is checkpointed so a resumed run equals an
-uninterrupted one, the adaptive weight and the perceptual term give finite losses."""
+uninterrupted one (with the adaptive GAN weight on)."""
 
 import jax
 import numpy as np
@@ -19,7 +19,9 @@ def gan_config(**loss_overrides):
 
 
 def test_discriminator_trains_only_from_its_start_step_and_resume_is_exact(tmp_path):
-    config = gan_config()
+    # The adaptive (last-layer gradient ratio) weight is on too; the perceptual term in training
+    # is covered by the TiTok stage-2 test.
+    config = gan_config(adaptive_gan_weight=True)
     snapshots = {}
 
     def record(step, state):
@@ -32,7 +34,7 @@ def test_discriminator_trains_only_from_its_start_step_and_resume_is_exact(tmp_p
     assert not np.array_equal(leaves[2], leaves[3])
     assert float(snapshots[2]["ema_real"]) == 0.0 and float(snapshots[4]["ema_real"]) != 0.0
 
-    config_half = gan_config()
+    config_half = gan_config(adaptive_gan_weight=True)
     config_half.train.num_steps = 2
     trainer.train(config_half, str(tmp_path / "resumed"))
     resumed = trainer.train(config, str(tmp_path / "resumed"))
@@ -41,14 +43,3 @@ def test_discriminator_trains_only_from_its_start_step_and_resume_is_exact(tmp_p
     np.testing.assert_allclose(
         np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(resumed.state.task_state))]),
         np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(full.state.task_state))]), rtol=1e-6)
-
-
-def test_adaptive_weight_and_perceptual_terms_give_finite_losses(tmp_path):
-    config = gan_config(discriminator_start=0, adaptive_gan_weight=True, perceptual_loss="lpips",
-                        perceptual_weight=1.0, perceptual_random_init=True)
-    config.train.update(num_steps=2, log_every_steps=1)
-    metrics_seen = []
-    result = trainer.train(config, str(tmp_path / "run"),
-                           step_callback=lambda step, state: metrics_seen.append(step))
-    assert metrics_seen == [1, 2] and all(np.isfinite(v) for v in result.losses.values())
-    assert "perceptual" in result.state.task_state and "discriminator" in result.state.task_state

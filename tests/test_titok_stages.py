@@ -64,15 +64,16 @@ def test_stage2_starts_from_stage1_and_keeps_the_encoder_frozen(stage1, tmp_path
     assert all(np.isfinite(v) for v in result.losses.values())
 
 
-def test_missing_helper_weights_fail_at_start_by_name(tmp_path):
+def test_missing_helper_weights_fail_at_start_by_name():
+    # initial_overrides runs right after the sharded init, before the first step.
     config = stage_config("stage1", num_steps=1)
     config.proxy.random_init = False
     with pytest.raises(FileNotFoundError, match="maskgit-vqgan-imagenet-f16-256"):
-        trainer.train(config, str(tmp_path / "a"))
+        registry.get_task(config).initial_overrides()
     config = stage_config("stage2", num_steps=1)
     config.init.random_init = False
     with pytest.raises(FileNotFoundError, match="stage1_export"):
-        trainer.train(config, str(tmp_path / "b"))
+        registry.get_task(config).initial_overrides()
     config = stage_config("stage1")
     config.model.decoder_head = "pixels"
     with pytest.raises(ValueError, match="proxy_codes"):

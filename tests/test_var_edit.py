@@ -13,12 +13,9 @@ from titok_var.data.sources import CorruptImageError
 from titok_var.data.transforms import eval_transform
 from titok_var.generation.edit_masks import per_scale_keep_masks
 from titok_var.tasks.var_tokenizer import split_token_maps
-from titok_var.tools import export, pretokenize, var_edit
+from titok_var.tools import var_edit
 from titok_var.training import trainer
-from tests.helpers import tiny_var_vqvae_config
-from tests.test_var_generator import tiny_var_config
 
-STEPS = 30
 PATCH_NUMS = (1, 2, 4)
 TOP_HALF = (0.0, 0.0, 0.5, 1.0)
 CENTRE = (0.25, 0.25, 0.75, 0.75)
@@ -26,20 +23,10 @@ SAMPLES = 3  # one batch size everywhere: the sampler compiles once
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tiny_var_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("var_edit")
-    vq_config = tiny_var_vqvae_config(num_steps=STEPS, checkpoint_every_steps=STEPS, log_every_steps=10)
-    vq_config.optimizer.update(learning_rate=3e-3, warmup_steps=5)
     one_device = jax.devices()[:1]  # compiles faster than the 8 fake devices
-    trainer.train(vq_config, str(root / "vqvae"), devices=one_device)
-    export_dir = export.export_checkpoint(vq_config, str(root / "vqvae"), str(root / "export"))
-    data_dir = str(root / "tokens")
-    for split in ("train", "eval"):
-        pretokenize.pretokenize(export_dir, vq_config.data, data_dir, split, batch_size=64, flips=False)
-    config = tiny_var_config(export_dir, vq_config.data, data_dir, num_steps=STEPS,
-                             checkpoint_every_steps=STEPS, log_every_steps=10)
-    workdir = str(root / "var")
-    trainer.train(config, workdir, devices=one_device)
+    config, workdir = tiny_var_run["config"], tiny_var_run["workdir"]
 
     exp = trainer.build_experiment(config, workdir, one_device)
     checkpointer = trainer.open_checkpointer(config, workdir)

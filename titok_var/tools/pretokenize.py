@@ -121,19 +121,22 @@ def pretokenize(
     return [token_shards.shard_path(output_dir, dataset_split, process_index, s) for s in owned]
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Generator config naming tokenizer and data.")
-_SPLIT = flags.DEFINE_enum("split", "both", ["train", "eval", "both"], "Which split to encode.")
+def define_flags():
+    """Command-line flags, defined only when run as a program (importing must not claim --config)."""
+    return (config_flags.DEFINE_config_file("config", None, "Generator config naming tokenizer and data."),
+            flags.DEFINE_enum("split", "both", ["train", "eval", "both"], "Which split to encode."))
 
 
-def main(argv):
+def main(argv, config_flag, split_flag):
     del argv
-    config = _CONFIG.value
+    config = config_flag.value
     settings = config.tokenizer
-    for split in (["train", "eval"] if _SPLIT.value == "both" else [_SPLIT.value]):
+    for split in (["train", "eval"] if split_flag.value == "both" else [split_flag.value]):
         pretokenize(settings.export_dir, settings.image_data, config.data.data_dir, split,
                     batch_size=settings.batch_size, shard_size=settings.shard_size, flips=settings.flips)
 
 
 if __name__ == "__main__":
+    _config_flag, _split_flag = define_flags()
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(lambda argv: main(argv, _config_flag, _split_flag))
