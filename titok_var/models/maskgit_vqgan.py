@@ -35,8 +35,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from titok_var.quantizers.multiscale import torch_default_conv_init
 from titok_var.quantizers.vector_quantizer import nearest_code, uniform_init
+from titok_var.models import torch_layers
 from titok_var.sharding import logical
 
 Dtype = Any
@@ -68,29 +68,12 @@ def conv(features: int, name: str, *, kernel: int, use_bias: bool, axis, dtype):
     """Conv2dSame at stride 1: TF SAME puts the floor half of k - 1 on top/left."""
     total = kernel - 1
     pad = (total // 2, total - total // 2)
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        padding=(pad, pad),
-        use_bias=use_bias,
-        dtype=dtype,
-        kernel_init=nn.with_logical_partitioning(torch_default_conv_init(), (None, None, None, axis)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)),
-        name=name,
-    )
+    return torch_layers.conv(features, name, axis=axis, dtype=dtype, kernel=kernel, padding=(pad, pad),
+                             use_bias=use_bias)
 
 
 def group_norm(name: str, *, groups: int, axis, dtype):
-    # use_fast_variance=False: the mean of squared deviations, as torch computes it.
-    return nn.GroupNorm(
-        num_groups=groups,
-        epsilon=NORM_EPS,
-        use_fast_variance=False,
-        dtype=dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)),
-        name=name,
-    )
+    return torch_layers.group_norm(name, groups=groups, axis=axis, dtype=dtype, epsilon=NORM_EPS)
 
 
 def average_pool_2x(x):

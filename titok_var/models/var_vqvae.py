@@ -33,41 +33,11 @@ from titok_var.quantizers.multiscale import (
     token_count,
     torch_default_conv_init,
 )
+from titok_var.models.torch_layers import conv, group_norm
 from titok_var.sharding import logical
 
 Dtype = Any
 
-NORM_EPS = 1e-6  # the official GroupNorm epsilon (flax's default is also 1e-6)
-
-
-def conv(features: int, name: str, *, axis, dtype, kernel: int = 3, strides: int = 1, padding=1, precision=None):
-    """torch-style Conv2d (explicit symmetric padding) with logical names on its output channels."""
-    if isinstance(padding, int):
-        padding = ((padding, padding), (padding, padding))
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(strides, strides),
-        padding=padding,
-        dtype=dtype,
-        precision=precision,
-        kernel_init=nn.with_logical_partitioning(torch_default_conv_init(), (None, None, None, axis)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)),
-        name=name,
-    )
-
-
-def group_norm(name: str, *, groups: int, axis, dtype):
-    # use_fast_variance=False: variance as the mean of squared deviations, as torch computes it.
-    return nn.GroupNorm(
-        num_groups=groups,
-        epsilon=NORM_EPS,
-        use_fast_variance=False,
-        dtype=dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)),
-        name=name,
-    )
 
 
 class ResnetBlock(nn.Module):

@@ -29,14 +29,8 @@ def _write_json(path: str, payload: dict):
 def export_checkpoint(config, workdir: str, export_dir: str, step: int | None = None, devices=None) -> str:
     """Writes the evaluation parameters of a work dir's checkpoint to `export_dir`."""
     exp = trainer.build_experiment(config, workdir, devices)
-    checkpointer = trainer.open_checkpointer(config, workdir)
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint to export in {checkpointer.directory}")
-    with exp.context():
-        state = trainer.restore_or_create(exp, checkpointer, step)
-        params = evaluation.eval_params(state, config)
-    checkpointer.close()
+    state, step = trainer.restore_checkpoint(exp, workdir, step, "export")
+    params = evaluation.eval_params(state, config)
     export_dir = os.path.abspath(export_dir)
     params_path = os.path.join(export_dir, PARAMS_DIR)
     if os.path.exists(params_path):

@@ -37,14 +37,8 @@ def probe_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     probe_config = linear_probe.ProbeConfig.from_config(
         {k: v for k, v in dict(probe_settings).items() if k not in ("reduction", "num_train_examples")})
     exp = trainer.build_experiment(config, workdir)
-    checkpointer = trainer.open_checkpointer(config, workdir)
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint to probe in {checkpointer.directory}")
-    with exp.context():
-        state = trainer.restore_or_create(exp, checkpointer, step)
-        params = jax.device_get(evaluation.eval_params(state, config))
-    checkpointer.close()
+    state, step = trainer.restore_checkpoint(exp, workdir, step, "probe")
+    params = jax.device_get(evaluation.eval_params(state, config))
     feature_fn = linear_probe.titok_feature_fn(exp.task.model, {"params": params}, reduction)
     (train_x, train_y), num_classes = _features(feature_fn, config, "train", train_limit)
     (eval_x, eval_y), _ = _features(feature_fn, config, "eval", config.eval.num_examples)

@@ -30,16 +30,12 @@ def sample_checkpoint(config, workdir: str, step: int | None = None, devices=Non
     task = exp.task
     if not hasattr(task, "sample"):
         raise ValueError(f"model {config.model_name!r} is not a generator; --mode sample needs one")
-    checkpointer = trainer.open_checkpointer(config, workdir)
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint to sample from in {checkpointer.directory}")
+    state, step = trainer.restore_checkpoint(exp, workdir, step, "sample from")
     settings = config.sample
     labels = class_balanced_labels(task.num_classes, settings.num_per_class)
     # Each process samples a contiguous slice; batches are keyed by their index, not the device count.
     mine = np.array_split(np.arange(len(labels)), jax.process_count())[jax.process_index()]
     with exp.context():
-        state = trainer.restore_or_create(exp, checkpointer, step)
         params = evaluation.eval_params(state, config)
         sample = jax.jit(task.sample)
         images = []
@@ -50,7 +46,6 @@ def sample_checkpoint(config, workdir: str, step: int | None = None, devices=Non
             tokens = sample(params, labels[rows], key)
             images.append(to_uint8(task.decode_samples(np.asarray(tokens))))
             logging.info("sampled %d/%d images", start + len(rows), len(mine))
-    checkpointer.close()
     images = np.concatenate(images)
     out_dir = os.path.join(workdir, "samples", f"step_{step:09d}")
     os.makedirs(out_dir, exist_ok=True)

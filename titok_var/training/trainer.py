@@ -215,7 +215,7 @@ def train(config, workdir: str, *, devices=None, step_callback: Callable | None 
             if (train_config.eval_every_steps and step % train_config.eval_every_steps == 0) or last:
                 eval_metrics, rows = evaluation.evaluate(
                     exp.task, evaluation.eval_params(state, config), exp.layout.shardings.params, config, exp.mesh,
-                    task_state=state.task_state)
+            task_state=state.task_state)
                 evaluation.write_eval_outputs(workdir, step, eval_metrics, rows, writer)
             if not last and watcher.requested():
                 logging.warning("preemption requested at step %d: saving a checkpoint and stopping", step)
@@ -227,21 +227,31 @@ def train(config, workdir: str, *, devices=None, step_callback: Callable | None 
     return TrainResult(state=state, losses=losses, preempted=preempted, eval_metrics=eval_metrics)
 
 
+def restore_checkpoint(exp: Experiment, workdir: str, step: int | None = None, purpose: str = "restore"):
+    """(state, step): the newest (or given) checkpoint of `workdir` on the experiment's mesh; a work
+    dir without one raises FileNotFoundError saying what it was wanted for."""
+    checkpointer = open_checkpointer(exp.config, workdir)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint to {purpose} in {checkpointer.directory}")
+        with exp.context():
+            state = restore_or_create(exp, checkpointer, step)
+    finally:
+        checkpointer.close()
+    return state, step
+
+
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=None) -> dict:
     """Evaluates the newest (or given) checkpoint of `workdir`, writing metrics and a grid."""
     exp = build_experiment(config, workdir, devices)
-    checkpointer = open_checkpointer(config, workdir)
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint to evaluate in {checkpointer.directory}")
+    state, step = restore_checkpoint(exp, workdir, step, "evaluate")
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     with exp.context():
-        state = restore_or_create(exp, checkpointer, step)
         metrics, rows = evaluation.evaluate(
             exp.task, evaluation.eval_params(state, config), exp.layout.shardings.params, config, exp.mesh,
-                    task_state=state.task_state)
+            task_state=state.task_state)
         evaluation.write_eval_outputs(workdir, step, metrics, rows, writer)
-    checkpointer.close()
     return metrics
 
 
