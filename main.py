@@ -12,9 +12,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "export", "sample", "probe"],
-                          "train | eval (generators with eval.reference_stats also get gFID/IS/PR) | summary "
-                          "(parameter counts) | export | sample | probe (linear probing of a TiTok encoder).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "export", "import", "sample", "probe"],
+                          "train | eval (of the newest checkpoint, or of --export_dir; generators with "
+                          "eval.reference_stats also get gFID/IS/PR) | summary (parameter counts) | export | "
+                          "import (--converted weights -> --export_dir) | sample | probe (linear probing).")
+_CONVERTED = flags.DEFINE_string("converted", None, "Converted weights (.npz from titok_var.tools.convert) for --mode import.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/export (default: newest).")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output folder of --mode export.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
@@ -36,15 +38,26 @@ def main(argv):
 
         print(summary.format_counts(summary.parameter_counts(config)), flush=True)
         return
-    if not _WORKDIR.value:
+    if not _WORKDIR.value and mode != "import":
         raise app.UsageError(f"--workdir is required for --mode {mode}")
-    workdir = os.path.abspath(_WORKDIR.value)
+    workdir = os.path.abspath(_WORKDIR.value or ".")
     from titok_var.training import trainer
 
     if mode == "train":
         result = trainer.train(config, workdir)
         if result.preempted:
             logging.warning("stopped for preemption at step %d; run again to resume", int(result.state.step))
+    elif mode == "eval" and _EXPORT_DIR.value:
+        from titok_var.tools import export
+
+        metrics = export.evaluate_export(config, _EXPORT_DIR.value, workdir)
+        print({k: round(v, 5) for k, v in metrics.items()}, flush=True)
+    elif mode == "import":
+        if not (_CONVERTED.value and _EXPORT_DIR.value):
+            raise app.UsageError("--mode import needs --converted FILE.npz and --export_dir")
+        from titok_var.tools import export
+
+        print(export.import_converted(config, _CONVERTED.value, _EXPORT_DIR.value), flush=True)
     elif mode == "eval":
         metrics = trainer.evaluate_checkpoint(config, workdir, _STEP.value)
         print({k: round(v, 5) for k, v in metrics.items()}, flush=True)

@@ -12,6 +12,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from titok_var import registry
 from titok_var.checkpointing.manager import config_to_json, parameter_shapes
+from titok_var.sharding import mesh as mesh_lib
+from titok_var.sharding import rules as rules_lib
 from titok_var.training import evaluation, state_init, trainer
 
 PARAMS_DIR = "params"
@@ -30,7 +32,13 @@ def export_checkpoint(config, workdir: str, export_dir: str, step: int | None = 
     """Writes the evaluation parameters of a work dir's checkpoint to `export_dir`."""
     exp = trainer.build_experiment(config, workdir, devices)
     state, step = trainer.restore_checkpoint(exp, workdir, step, "export")
-    params = evaluation.eval_params(state, config)
+    used_ema = bool(config.eval.use_ema and state.ema_params is not None)
+    return write_export(config, evaluation.eval_params(state, config), export_dir,
+                        {"step": step, "ema": used_ema})
+
+
+def write_export(config, params, export_dir: str, meta: dict) -> str:
+    """Writes params + config (+ `meta`) as an export folder; refuses to overwrite one."""
     export_dir = os.path.abspath(export_dir)
     params_path = os.path.join(export_dir, PARAMS_DIR)
     if os.path.exists(params_path):
@@ -40,11 +48,40 @@ def export_checkpoint(config, workdir: str, export_dir: str, step: int | None = 
         checkpointer_.save(params_path, params)  # atomic: orbax renames a finished temp dir
     if jax.process_index() == 0:
         _write_json(os.path.join(export_dir, CONFIG_FILE), config_to_json(config))
-        used_ema = config.eval.use_ema and state.ema_params is not None
         _write_json(os.path.join(export_dir, META_FILE), {
-            "model_name": config.model_name, "step": step, "ema": bool(used_ema),
-            "parameter_shapes": parameter_shapes(params)})
+            "model_name": config.model_name, **meta, "parameter_shapes": parameter_shapes(params)})
     return export_dir
+
+
+def import_converted(config, converted_npz: str, export_dir: str) -> str:
+    """Turns a converter's flat .npz ("a/b/c" keys, e.g. released weights from
+    `python -m titok_var.tools.convert`) into an export of `config`'s model, so `load_exported`,
+    pre-tokenization, sampling and `main.py --mode eval --export_dir` use it like a trained one.
+    Every parameter must be present with its shape; extra arrays are an error."""
+    if not os.path.exists(converted_npz):
+        raise FileNotFoundError(f"converted weights {converted_npz!r} not found (make them with "
+                                "`python -m titok_var.tools.convert --arch ... --output DIR`)")
+    task = registry.get_task(config)
+    expected = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+                for path, leaf in jax.tree_util.tree_leaves_with_path(_abstract_params(task, config))}
+    with np.load(converted_npz) as data:
+        arrays = {k: np.asarray(data[k]) for k in data.files}
+    missing = sorted(set(expected) - set(arrays))
+    unused = sorted(set(arrays) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(arrays) if tuple(arrays[k].shape) != tuple(expected[k].shape))
+    if missing or unused or wrong:
+        details = [f"{name}: {items[:8]}" for name, items in
+                   (("missing", missing), ("unused", unused), ("wrong shape", wrong)) if items]
+        raise ValueError(f"{converted_npz} does not fit model {config.model_name!r} of this config: "
+                         + "; ".join(details))
+    nested: dict = {}
+    for key, leaf in expected.items():
+        node = nested
+        *parents, name = key.split("/")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[name] = arrays[key].astype(leaf.dtype)
+    return write_export(config, nested, export_dir, {"step": 0, "ema": False, "imported_from": os.path.abspath(converted_npz)})
 
 
 def _read_export_config(export_dir: str):
@@ -87,3 +124,19 @@ def load_exported_to_host(export_dir: str):
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.join(os.path.abspath(export_dir), PARAMS_DIR), target)
     return task, jax.tree.map(np.asarray, params), config
+
+
+def evaluate_export(config, export_dir: str, workdir: str) -> dict:
+    """`--mode eval --export_dir E`: evaluates an export (trained or imported) with `config`'s eval
+    settings; metrics and grid go to workdir/eval/step_<export step>."""
+    mesh = mesh_lib.make_mesh(dict(config.mesh), None)
+    task, params, export_config = load_exported(export_dir, mesh=mesh)
+    if export_config.model_name != config.model_name:
+        raise ValueError(f"{export_dir} holds a {export_config.model_name!r} export, the config a {config.model_name!r}")
+    with open(os.path.join(export_dir, META_FILE)) as f:
+        step = int(json.load(f).get("step", 0))
+    replicated = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), params)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules_lib.rules_from_config(config.sharding_rules)):
+        metrics, rows = evaluation.evaluate(task, params, replicated, config, mesh)
+    evaluation.write_eval_outputs(workdir, step, metrics, rows)
+    return metrics
