@@ -26,7 +26,7 @@ def test_loss_falls_clearly(setup):
     _, result, _ = setup
     losses = np.array([result.losses[s] for s in sorted(result.losses)])
     first, last = losses[:20].mean(), losses[-20:].mean()
-    assert last < 0.75 * first, (first, last)  # measured: 3.3 -> 1.6
+    assert last < 0.75 * first, (first, last)
 
 
 def test_eval_reports_per_scale_loss_and_accuracy(setup):
