@@ -31,6 +31,7 @@ def model_config(encoder_size, decoder_size, num_latent_tokens, **overrides):
             legacy_reshape=False,
             decoder_head="pixels",
             proxy_codebook_size=1024,
+            proxy_codes_per_side=1,
             mlp_ratio=4.0,
             symmetric_pixels=False,
             remat=False,
@@ -50,8 +51,12 @@ def loss_config(**overrides):
 
 
 def proxy_config(**overrides):
-    """The frozen MaskGIT-VQGAN that supplies stage-1 targets (converted weights file)."""
-    config = ml_collections.ConfigDict(dict(preset="f16_256", vqgan_weights="", random_init=False))
+    """The frozen MaskGIT-VQGAN that supplies stage-1 targets (converted weights file). With
+    `precomputed_dir` the targets are read from tools/precompute_proxy_codes.py's output (centre
+    crops and their mirrors; needs data.random_crop=False) instead of computed every step."""
+    config = ml_collections.ConfigDict(
+        dict(preset="f16_256", vqgan_weights="", random_init=False, precomputed_dir="",
+             precompute_batch_size=256, precompute_shard_size=10_000))
     config.update(overrides)
     return config
 
@@ -81,27 +86,28 @@ def titok_config(variant: str, arg=None):
     name = {"single": "titok", "stage1": "titok_stage1", "stage2": "titok_stage2"}[args.stage]
     config = common.base_config(name)
     config.model = model_config(encoder_size, decoder_size, tokens)
+    vqgan_preset = "f16_256"
     if variant in HIGH_RESOLUTION:
-        # The released MaskGIT-VQGAN gives 32 x 32 codes at 512 px, not this 16 x 16 grid; the
-        # paper does not say how its 512 px proxy codes were made, so only the single stage runs.
-        if args.stage != "single":
-            raise ValueError(f"titok_{variant}: the two-stage recipe is not defined at 512 px (no matching proxy VQGAN)")
         config.model.update(image_size=512, patch_size=32)
+        # The paper does not say how its 512 px proxy codes were made. Ours: the released VQGAN on
+        # 512 px images gives 32 x 32 codes; TiTok's proxy head predicts 2 x 2 of them per patch.
+        vqgan_preset = "f16_512"
     config.loss = loss_config()
     # App. A: AdamW lr 1e-4 cosine, wd 1e-4, batch 256, 1M iterations (stage 2: 500k, warmup 5k).
     config.optimizer = common.optimizer_config()
     config.train = common.train_config(num_steps=1_000_000, global_batch_size=256)
     config.data = common.data_config(name="imagenet2012", image_size=config.model.image_size)
     if args.stage != "single":
-        config.model.update(decoder_head="proxy_codes", legacy_reshape=True)
-        config.proxy = proxy_config()
+        config.model.update(decoder_head="proxy_codes", legacy_reshape=True,
+                            proxy_codes_per_side=config.model.patch_size // 16)
+        config.proxy = proxy_config(preset=vqgan_preset)
     if args.stage == "stage2":
-        config.model.pixel_decoder = "f16_256"
+        config.model.pixel_decoder = vqgan_preset
         config.loss = stage2_loss_config()
         config.optimizer.update(warmup_steps=5_000, b2=0.999)
         config.train.num_steps = 500_000
         config.init = ml_collections.ConfigDict(
-            dict(stage1_export="", vqgan_weights="", preset="f16_256", random_init=False))
+            dict(stage1_export="", vqgan_weights="", preset=vqgan_preset, random_init=False))
     if args.runlocal:
         config.model.update(image_size=32, patch_size=8, dtype="float32")
         config.data.update(name="shapes", image_size=32, shapes_num_train=2048, shapes_num_eval=256)
@@ -111,7 +117,8 @@ def titok_config(variant: str, arg=None):
         config.optimizer.warmup_steps = 5
         if args.stage != "single":
             # The tiny VQGAN makes 16x16 codes of 32 px images: TiTok patch 2 gives the same grid.
-            config.model.update(patch_size=2, proxy_codebook_size=64, encoder_size="tiny", decoder_size="tiny")
+            config.model.update(patch_size=2 * config.model.proxy_codes_per_side, proxy_codebook_size=64,
+                                encoder_size="tiny", decoder_size="tiny")
             config.proxy.update(preset="tiny", random_init=True)
         if args.stage == "stage2":
             config.model.pixel_decoder = "tiny"

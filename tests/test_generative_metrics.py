@@ -475,8 +475,10 @@ def test_converter_round_trip_matches_an_independent_numpy_model(tmp_path):
     # The fc bias is kept and used only on request.
     biased = inception.InceptionV3(resize_input=False, logits_with_bias=True)
     _, logits_b = biased.apply({"params": params}, images)
+    # Two separately compiled programs: their fp32 logits differ by ~1e-5 on some CPUs.
     np.testing.assert_allclose(logits_b - logits, np.broadcast_to(state_dict["fc.bias"], (1, 1008)),
-                               atol=1e-5)
+                               atol=1e-4)
+    assert np.abs(state_dict["fc.bias"]).mean() > 1e-2  # so the bias is far above that tolerance
 
 
 def test_converter_names_missing_unexpected_and_misshaped_keys():

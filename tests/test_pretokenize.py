@@ -44,6 +44,7 @@ def test_shards_hold_the_tokens_of_a_direct_encode_with_flips(tokenizer_export, 
         np.testing.assert_array_equal(shard["tokens"][16:], flipped_aux["indices"])
         np.testing.assert_array_equal(shard["labels"][:16], np.arange(16) % 16)
         np.testing.assert_array_equal(shard["source_indices"][16:], np.arange(16))
+        np.testing.assert_array_equal(shard["flipped"], np.arange(32) >= 16)
 
 
 def test_restart_skips_finished_shards_and_redoes_missing_ones(tokenizer_export, tmp_path):
@@ -70,7 +71,7 @@ def test_each_process_writes_only_its_own_shards(tokenizer_export, tmp_path):
 def test_token_batches_are_deterministic_and_eval_is_padded(tmp_path):
     tokens = np.arange(50 * 4).reshape(50, 4) % 7
     token_shards.write_shard(token_shards.shard_path(tmp_path, "train", 0, 0), tokens, np.arange(50) % 5,
-                             np.arange(50))
+                             np.arange(50), np.zeros(50, bool))
     dataset = token_shards.TokenDataset(tmp_path, "train")
     first = [b["tokens"] for _, b in zip(range(4), token_shards.train_batches(
         dataset, global_batch_size=8, seed=3, start_step=0))]
@@ -90,7 +91,7 @@ def test_bad_token_data_gives_clear_errors(tokenizer_export, tmp_path):
     with pytest.raises(DatasetNotFoundError, match="no 'train' token shards"):
         token_shards.TokenDataset(tmp_path, "train")
     token_shards.write_shard(token_shards.shard_path(tmp_path, "train", 0, 0), np.full((2, 4), 99),
-                             np.zeros(2), np.arange(2))
+                             np.zeros(2), np.arange(2), np.zeros(2, bool))
     with pytest.raises(ValueError, match="beyond the codebook size 64: they come from another tokenizer"):
         token_shards.TokenDataset(tmp_path, "train", codebook_size=64)
     (tmp_path / "train-p000-s00001.npz").write_bytes(b"not a zip")

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from titok_var.data.sources import CorruptImageError, ImageSource
-from titok_var.data.transforms import eval_transform, train_transform
+from titok_var.data.transforms import eval_transform, train_transform_with_flip
 
 _STOP_POLL_SECONDS = 0.1  # how often a blocked producer checks whether its consumer has gone
 _AUGMENTATION_STREAM = 1  # distinguishes default_rng([seed, 1, p]) from default_rng([seed, epoch])
@@ -149,7 +149,9 @@ def _train_example(
         return None
     image, label = loaded
     rng = example_rng(seed, position)
-    return train_transform(image, image_size, rng, random_crop=random_crop, random_flip=random_flip), label
+    pixels, flipped = train_transform_with_flip(image, image_size, rng, random_crop=random_crop,
+                                                random_flip=random_flip)
+    return pixels, label, index, flipped
 
 
 def _eval_example(source: ImageSource, index: int, *, image_size: int, counter: _CorruptCounter) -> Example | None:
@@ -177,6 +179,7 @@ def _build_train_batch(
     process_count: int,
     random_crop: bool,
     random_flip: bool,
+    with_provenance: bool,
     executor: concurrent.futures.Executor,
     counter: _CorruptCounter,
 ) -> dict[str, np.ndarray]:
@@ -198,10 +201,15 @@ def _build_train_batch(
         raise RuntimeError(
             f"Every image of the host batch for step {step} is corrupt (example indices {indices.tolist()})"
         ) from None
-    return {
-        "image": np.stack([image for image, _ in examples]),
-        "label": np.asarray([label for _, label in examples], dtype=np.int32),
+    batch = {
+        "image": np.stack([example[0] for example in examples]),
+        "label": np.asarray([example[1] for example in examples], dtype=np.int32),
     }
+    if with_provenance:
+        # A corrupt slot holds its donor's index and flip, so the pair always matches the pixels.
+        batch["source_index"] = np.asarray([example[2] for example in examples], dtype=np.int64)
+        batch["flipped"] = np.asarray([example[3] for example in examples], dtype=bool)
+    return batch
 
 
 def _build_eval_batch(
@@ -305,8 +313,10 @@ def train_batches(
     num_workers: int = 8,
     prefetch: int = 2,
     stats: PipelineStats | None = None,
+    with_provenance: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless host batches from `start_step` on: {"image": float32 (L, S, S, 3) in [0, 1], "label": int32 (L,)}."""
+    """Endless host batches from `start_step` on: {"image": float32 (L, S, S, 3) in [0, 1], "label": int32 (L,)};
+    `with_provenance` adds each row's "source_index" (int64) and "flipped" (bool)."""
     _check_common(image_size, process_index, process_count, num_workers)
     local_batch_size(global_batch_size, process_count)  # validates the split
     if len(source) == 0:
@@ -325,6 +335,7 @@ def train_batches(
         process_count=process_count,
         random_crop=random_crop,
         random_flip=random_flip,
+        with_provenance=with_provenance,
         executor=_thread_pool(num_workers),
         counter=_CorruptCounter(stats if stats is not None else PipelineStats()),
     )

@@ -1,7 +1,7 @@
 """Pre-tokenized datasets: `.npz` shards of token sequences and class labels.
 
 Each process writes its own shards (`<split>-p<process>-s<shard>.npz`, keys `tokens` (n, K) int32,
-`labels` (n,) int32, `source_indices` (n,) int64), atomically, so an interrupted run resumes by
+`labels` (n,) int32, `source_indices` (n,) int64 and `flipped` (n,) bool), atomically, so an interrupted run resumes by
 skipping the shards already on disk. Token datasets are small (ImageNet at K=32 with flips is
 ~330 MB as int32), so readers hold them in memory and batch them with the same deterministic
 (seed, step) order as the image pipeline.
@@ -25,11 +25,13 @@ def shard_path(directory: str | os.PathLike, split: str, process_index: int, sha
     return pathlib.Path(directory) / f"{split}-p{process_index:03d}-s{shard_index:05d}.npz"
 
 
-def write_shard(path: pathlib.Path, tokens: np.ndarray, labels: np.ndarray, source_indices: np.ndarray) -> None:
+def write_shard(path: pathlib.Path, tokens: np.ndarray, labels: np.ndarray, source_indices: np.ndarray,
+                flipped: np.ndarray) -> None:
     """Writes through a temporary file and a rename: a shard on disk is always complete."""
-    if tokens.ndim != 2 or len(tokens) != len(labels) or len(labels) != len(source_indices):
+    if tokens.ndim != 2 or not len(tokens) == len(labels) == len(source_indices) == len(flipped):
         raise ValueError(
-            f"shard arrays disagree: tokens {tokens.shape}, labels {labels.shape}, indices {source_indices.shape}"
+            f"shard arrays disagree: tokens {tokens.shape}, labels {labels.shape}, indices {source_indices.shape}, "
+            f"flipped {flipped.shape}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
@@ -38,6 +40,7 @@ def write_shard(path: pathlib.Path, tokens: np.ndarray, labels: np.ndarray, sour
             tokens=tokens.astype(np.int32),
             labels=labels.astype(np.int32),
             source_indices=source_indices.astype(np.int64),
+            flipped=flipped.astype(bool),
         )
     os.replace(handle.name, path)
 

@@ -76,10 +76,22 @@ def train_transform(
     random_flip: bool = True,
 ) -> np.ndarray:
     """Shorter-side resize, random (or centre) crop, optional flip -> float32 (S, S, 3) in [0, 1]."""
+    return train_transform_with_flip(image, image_size, rng, random_crop, random_flip)[0]
+
+
+def train_transform_with_flip(
+    image: np.ndarray,
+    image_size: int,
+    rng: np.random.Generator,
+    random_crop: bool = True,
+    random_flip: bool = True,
+) -> tuple[np.ndarray, bool]:
+    """train_transform plus whether the image was mirrored (to pick pre-computed targets)."""
     resized = resize_shorter_side(image, image_size)
     cropped = _random_crop(resized, image_size, rng) if random_crop else center_crop(resized, image_size)
-    flipped = _random_flip(cropped, rng) if random_flip else cropped
-    return to_unit_float(flipped)
+    # Same single draw as random_flip(), so both functions give identical images for one rng.
+    flipped = bool(random_flip and rng.random() < 0.5)
+    return to_unit_float(cropped[:, ::-1] if flipped else cropped), flipped
 
 
 def eval_transform(image: np.ndarray, image_size: int) -> np.ndarray:

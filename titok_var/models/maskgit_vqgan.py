@@ -53,6 +53,9 @@ MASKGIT_VQGAN_F16_256 = {
     "codebook_size": 1024,
     "image_size": 256,
 }
+# The same network and weights run on 512 px images (it is fully convolutional): 32 x 32 codes,
+# the proxy targets of our 512 px TiTok recipe (the paper does not say how it made its own).
+MASKGIT_VQGAN_F16_512 = dict(MASKGIT_VQGAN_F16_256, image_size=512)
 # For tests: 32 px -> 16 x 16 codes, one pooling step, a channel change (nin_shortcut) both ways.
 MASKGIT_VQGAN_TINY = {
     "hidden_channels": 32,
@@ -86,7 +89,8 @@ def nearest_upsample_2x(x):
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 # TiTok `model.pixel_decoder` names -> VQGAN decoder shape (the released stage-2 models use f16_256).
-PIXEL_DECODER_PRESETS = {"f16_256": MASKGIT_VQGAN_F16_256, "tiny": MASKGIT_VQGAN_TINY}
+PIXEL_DECODER_PRESETS = {"f16_256": MASKGIT_VQGAN_F16_256, "f16_512": MASKGIT_VQGAN_F16_512,
+                         "tiny": MASKGIT_VQGAN_TINY}
 
 
 class ResnetBlock(nn.Module):

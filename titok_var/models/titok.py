@@ -113,6 +113,7 @@ class TiTokDecoder(nn.Module):
     mlp_ratio: float = 4.0
     head: str = "pixels"
     proxy_codebook_size: int = 1024
+    proxy_codes_per_side: int = 1
     remat: bool = False
     dtype: Dtype = jnp.float32
 
@@ -159,13 +160,14 @@ class TiTokDecoder(nn.Module):
             )(x)
             x = jnp.tanh(x)
             x = nn.Dense(
-                self.proxy_codebook_size,
+                self.proxy_codebook_size * self.proxy_codes_per_side**2,
                 dtype=self.dtype,
                 kernel_init=nn.with_logical_partitioning(dense_init(), ("mlp", "vocab")),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                 name="ffn_2",
             )(x)
-            return x.astype(jnp.float32)
+            # r x r codes per patch (our 512 px recipe: patch 32 over the VQGAN's 16 px codes).
+            return pixel_shuffle(x, self.proxy_codes_per_side).astype(jnp.float32)
         if self.head != "pixels":
             raise ValueError(f"unknown decoder head {self.head!r}; expected one of {DECODER_HEADS}")
         x = nn.Dense(
@@ -203,6 +205,9 @@ class TiTok(nn.Module):
     legacy_reshape: bool = False
     decoder_head: str = "pixels"
     proxy_codebook_size: int = 1024
+    # Proxy codes per patch side: 1 for the released 256 px models (patch 16 = the VQGAN's stride);
+    # 2 for patch 32 at 512 px, where the VQGAN gives a 2x finer code grid than TiTok's patches.
+    proxy_codes_per_side: int = 1
     mlp_ratio: float = 4.0
     # Work in [-1, 1] inside the network (inputs 2x-1, pixel outputs (y+1)/2). The released models
     # use [0, 1] directly; centred pixels let small models leave the mean-image plateau quickly.
@@ -234,7 +239,8 @@ class TiTok(nn.Module):
         )
         self.decoder = TiTokDecoder(
             self.image_size, self.patch_size, self.num_latent_tokens, mlp_ratio=self.mlp_ratio,
-            head=self.decoder_head, proxy_codebook_size=self.proxy_codebook_size, remat=self.remat,
+            head=self.decoder_head, proxy_codebook_size=self.proxy_codebook_size,
+            proxy_codes_per_side=self.proxy_codes_per_side, remat=self.remat,
             dtype=self.dtype, **dec,
         )
         if self.pixel_decoder:

@@ -1,8 +1,11 @@
-"""Logical-axis activation constraints that fail loudly on names missing from the rules."""
+"""Logical-axis activation constraints that fail loudly on names missing from the rules, and
+dropping the partitioning boxes of parameter trees."""
 
 from typing import Sequence
 
 import flax.linen as nn
+import jax
+from flax.core import meta
 
 
 def constrain(x, names: Sequence[str | None]):
@@ -13,3 +16,10 @@ def constrain(x, names: Sequence[str | None]):
     return nn.with_logical_constraint(
         x, tuple(names), fallback=nn.spmd.RulesFallback.RAISE_ERROR
     )
+
+
+def strip_partitioning(tree):
+    """`tree` with its flax partitioning boxes replaced by their values. Unlike `nn.unbox` this
+    applies no sharding constraint, so it is safe on abstract values and outside a trace."""
+    is_box = lambda leaf: isinstance(leaf, meta.AxisMetadata)  # noqa: E731
+    return jax.tree.map(lambda leaf: leaf.value if is_box(leaf) else leaf, tree, is_leaf=is_box)

@@ -1,7 +1,8 @@
 """TiTok's two-stage recipe (paper Sec. 3.3, official ReconstructionLoss_Stage1/_Stage2).
 
 * Stage 1 ("titok_stage1", proxy codes): a frozen MaskGIT-VQGAN encodes each image to a 16x16
-  grid of codes on the fly; TiTok's proxy-code head is trained with cross-entropy on them plus the
+  grid of codes, on the fly (random crops) or read from codes pre-computed for the centre crop and
+  its mirror (`proxy.precomputed_dir`, tools/precompute_proxy_codes.py); TiTok's proxy-code head is trained with cross-entropy on them plus the
   quantizer losses. The VQGAN (encoder for the targets, decoder for eval pictures) lives in the
   task state, loaded from `proxy.vqgan_weights` (a converted .npz / released .bin) or randomly
   initialised with `proxy.random_init` (tests only).
@@ -76,11 +77,13 @@ class ProxyCodeTask(_TiTokBase):
         super().__init__(config, "stage 1")
         fields = _vqgan_fields(config.proxy.preset)
         self.vqgan = MaskGitVQGAN(**fields)
-        grid = config.model.image_size // config.model.patch_size
+        grid = config.model.image_size // config.model.patch_size * config.model.get("proxy_codes_per_side", 1)
         if self.vqgan.latent_size != grid or fields["codebook_size"] != config.model.proxy_codebook_size:
             raise ValueError(
                 f"proxy VQGAN {config.proxy.preset!r} gives {self.vqgan.latent_size}x{self.vqgan.latent_size} codes "
                 f"of {fields['codebook_size']}; TiTok's head predicts {grid}x{grid} of {config.model.proxy_codebook_size}")
+        if config.proxy.get("precomputed_dir") and config.data.get("random_crop", True):
+            raise ValueError("proxy.precomputed_dir holds codes of centre crops: set data.random_crop=False")
 
     def trainable_mask(self):
         return None
@@ -99,16 +102,18 @@ class ProxyCodeTask(_TiTokBase):
         vqgan_params = jax.lax.stop_gradient(task_state["vqgan"])
         return self.vqgan.apply({"params": vqgan_params}, images, method=MaskGitVQGAN.encode)
 
-    def _proxy_loss(self, params, task_state, images):
+    def _proxy_loss(self, params, task_state, images, codes=None):
         logits, aux = self.model.apply({"params": params}, images)
-        codes = self.proxy_codes(task_state, images)
+        if codes is None:
+            codes = self.proxy_codes(task_state, images)
         ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, codes))
         accuracy = jnp.mean((jnp.argmax(logits, -1) == codes).astype(jnp.float32))
         return ce, accuracy, logits, codes, aux
 
     def loss_fn(self, params, batch, rng, step, task_state=None):
         del rng, step
-        ce, accuracy, _, _, aux = self._proxy_loss(params, task_state, batch["image"])
+        # "proxy_codes" is in the batch when they were pre-computed (proxy.precomputed_dir).
+        ce, accuracy, _, _, aux = self._proxy_loss(params, task_state, batch["image"], batch.get("proxy_codes"))
         loss = ce + self.config.loss.quantizer_weight * aux["quantizer_loss"]
         counts = codebook_stats.code_histogram(aux["indices"], self.config.model.codebook_size)
         metrics = {"proxy_code_loss": ce, "proxy_code_accuracy": accuracy,

@@ -22,14 +22,12 @@ import argparse
 import re
 from collections.abc import Mapping
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from titok_var.models.maskgit import ImageBert, UViTBert, build_generator
-from titok_var.tools.state_dict_matching import match_state_dict
+from titok_var.tools.state_dict_matching import abstract_param_shapes, match_state_dict
 
 IMAGEBERT_IGNORED_KEYS = ("model.embeddings.position_ids", "model.embeddings.token_type_ids")
 CHECKPOINTS = {
@@ -45,9 +43,7 @@ def param_shapes(model) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat {path: shape} of a generator's params (abstract: nothing is computed)."""
     tokens = jnp.zeros((1, model.seq_len), jnp.int32)
     labels = jnp.zeros((1,), jnp.int32)
-    abstract = jax.eval_shape(model.init, jax.random.key(0), tokens, labels)
-    flat = traverse_util.flatten_dict(nn.unbox(abstract)["params"])
-    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+    return abstract_param_shapes(model, tokens, labels)
 
 
 def torch_key(path: tuple[str, ...], model) -> str:

@@ -25,10 +25,8 @@ import os
 import re
 from collections.abc import Mapping
 
-import flax.linen as nn
 import jax
 import numpy as np
-from flax import traverse_util
 
 from titok_var.models.maskgit_vqgan import (
     MASKGIT_VQGAN_F16_256,
@@ -38,7 +36,7 @@ from titok_var.models.maskgit_vqgan import (
     example_inputs,
 )
 from titok_var.tools.convert_var import load_torch_checkpoint, save_params
-from titok_var.tools.state_dict_matching import describe, match_state_dict
+from titok_var.tools.state_dict_matching import abstract_param_shapes, describe, match_state_dict
 
 CHECKPOINT_NAME = "maskgit-vqgan-imagenet-f16-256.bin"
 CHECKPOINT_URL = "https://huggingface.co/fun-research/TiTok/resolve/main/maskgit-vqgan-imagenet-f16-256.bin"
@@ -86,9 +84,7 @@ def from_torch_layout(path: tuple[str, ...], array: np.ndarray, shape: tuple[int
 
 def param_shapes(model) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat {path: shape} of any of the three modules' params (abstract: nothing is computed)."""
-    abstract = jax.eval_shape(model.init, jax.random.key(0), example_inputs(model))
-    flat = traverse_util.flatten_dict(nn.unbox(abstract)["params"])
-    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+    return abstract_param_shapes(model, example_inputs(model))
 
 
 def expected_torch_shapes(model=None) -> dict[str, tuple[int, ...]]:

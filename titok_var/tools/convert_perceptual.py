@@ -45,7 +45,7 @@ from flax import traverse_util
 from titok_var.models.convnext import ConvNeXt
 from titok_var.models.lpips import LPIPS, LPIPS_SCALE, LPIPS_SHIFT
 from titok_var.tools.convert_var import load_torch_checkpoint, save_params
-from titok_var.tools.state_dict_matching import describe, match_state_dict
+from titok_var.tools.state_dict_matching import abstract_param_shapes, describe, match_state_dict
 
 ARCHS = ("lpips", "convnext_s")
 OUTPUT_NAMES = {"lpips": "lpips_vgg16.npz", "convnext_s": "convnext_small.npz"}
@@ -79,9 +79,7 @@ def param_shapes(arch: str, model: nn.Module | None = None) -> dict[tuple[str, .
     model = default_model(arch) if model is None else model
     images = jnp.zeros((1, model.min_size, model.min_size, 3), jnp.float32)
     inputs = (images, images) if arch == "lpips" else (images,)
-    abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
-    flat = traverse_util.flatten_dict(nn.unbox(abstract)["params"])
-    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+    return abstract_param_shapes(model, *inputs)
 
 
 def torch_key(arch: str, path: tuple[str, ...]) -> str:

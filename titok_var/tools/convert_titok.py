@@ -35,7 +35,6 @@ import re
 import struct
 from collections.abc import Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +43,7 @@ from flax import traverse_util
 from titok_var.models.titok import TiTok
 from titok_var.tools import convert_maskgit_vqgan
 from titok_var.tools.convert_var import load_torch_checkpoint, save_params
-from titok_var.tools.state_dict_matching import match_state_dict
+from titok_var.tools.state_dict_matching import abstract_param_shapes, match_state_dict
 
 _PAPER_MODEL = {
     "image_size": 256, "patch_size": 16, "codebook_size": 4096, "token_size": 12, "use_l2_norm": True,
@@ -92,9 +91,7 @@ def released_model(variant: str, **overrides) -> TiTok:
 def param_shapes(model: TiTok) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat {path: shape} of the model's params (abstract: nothing is computed)."""
     images = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
-    abstract = jax.eval_shape(model.init, jax.random.key(0), images)
-    flat = traverse_util.flatten_dict(nn.unbox(abstract)["params"])
-    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+    return abstract_param_shapes(model, images)
 
 
 def _is_qkv(path) -> bool:

@@ -22,14 +22,13 @@ import os
 import re
 from collections.abc import Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from titok_var.models.var_vqvae import VQVAE
-from titok_var.tools.state_dict_matching import describe, match_state_dict
+from titok_var.tools.state_dict_matching import abstract_param_shapes, describe, match_state_dict
 
 CHECKPOINT_NAME = "vae_ch160v4096z32.pth"
 CHECKPOINT_URL = "https://huggingface.co/FoundationVision/var/resolve/main/vae_ch160v4096z32.pth"
@@ -98,9 +97,7 @@ def _dummy_images(model: VQVAE):
 def param_shapes(model: VQVAE | None = None) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat {path: shape} of the model's params (abstract: nothing is computed)."""
     model = VQVAE() if model is None else model
-    abstract = jax.eval_shape(model.init, jax.random.key(0), _dummy_images(model))
-    flat = traverse_util.flatten_dict(nn.unbox(abstract)["params"])
-    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+    return abstract_param_shapes(model, _dummy_images(model))
 
 
 def expected_torch_shapes(model: VQVAE | None = None) -> dict[str, tuple[int, ...]]:

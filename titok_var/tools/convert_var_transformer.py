@@ -24,7 +24,6 @@ import os
 import re
 from collections.abc import Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +32,7 @@ from flax import traverse_util
 from titok_var.models.var import VAR
 from titok_var.quantizers.multiscale import VAR_PATCH_NUMS_256, VAR_PATCH_NUMS_512, token_count
 from titok_var.tools.convert_var import load_torch_checkpoint, save_params
-from titok_var.tools.state_dict_matching import describe, match_state_dict
+from titok_var.tools.state_dict_matching import abstract_param_shapes, describe, match_state_dict
 
 CHECKPOINT_URL = "https://huggingface.co/FoundationVision/var/resolve/main/var_d{depth}.pth"
 BUFFER_KEYS = ("lvl_1L", "attn_bias_for_masking")
@@ -92,9 +91,7 @@ def param_shapes(model: VAR) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat {path: shape} of the model's params (abstract: nothing is computed)."""
     labels = jnp.zeros((1,), jnp.int32)
     var_input = jnp.zeros((1, model.num_tokens - model.first_l, model.vae_channels), jnp.float32)
-    abstract = jax.eval_shape(model.init, jax.random.key(0), labels, var_input)
-    flat = traverse_util.flatten_dict(nn.unbox(abstract)["params"])
-    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+    return abstract_param_shapes(model, labels, var_input)
 
 
 def expected_torch_shapes(model: VAR) -> dict[str, tuple[int, ...]]:

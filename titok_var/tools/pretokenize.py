@@ -60,10 +60,10 @@ class Progress:
                          time.strftime("%H:%M:%S", time.gmtime(eta)))
 
 
-def make_encoder(task, mesh: Mesh):
-    """Jitted images (B, S, S, 3) -> token ids (B, K), batch split over the mesh's devices."""
+def make_encoder(encode_tokens, mesh: Mesh):
+    """Jitted (params, images (B, S, S, 3)) -> token ids (B, K), batch split over the mesh's devices."""
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    encode = jax.jit(task.encode_tokens)
+    encode = jax.jit(encode_tokens)
 
     def run(params, images: np.ndarray) -> np.ndarray:
         return np.asarray(encode(params, jax.device_put(images, batch_sharding)))
@@ -77,11 +77,7 @@ def pretokenize(
     process_index: int | None = None, process_count: int | None = None,
 ) -> list:
     """Writes this process's shards of `split` ("train"/"eval"); returns the shard paths it owns."""
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
     mesh = Mesh(np.array(jax.local_devices()), ("data",))
-    if batch_size % mesh.size:
-        raise ValueError(f"batch_size {batch_size} is not divisible by the {mesh.size} local devices")
     task, params, tokenizer_config = load_exported(export_dir, mesh=mesh)
     if not hasattr(task, "encode_tokens"):
         raise ValueError(f"{export_dir} holds a {tokenizer_config.model_name!r} export, not a tokenizer")
@@ -90,18 +86,33 @@ def pretokenize(
             f"the tokenizer takes {tokenizer_config.data.image_size} px images but the image data is "
             f"{image_data.image_size} px"
         )
-    encode = make_encoder(task, mesh)
+    encode = make_encoder(task.encode_tokens, mesh)
+    return encode_split(lambda images: encode(params, images), image_data, output_dir, split,
+                        batch_size=batch_size, shard_size=shard_size, flips=flips, num_workers=num_workers,
+                        process_index=process_index, process_count=process_count)
+
+
+def encode_split(
+    encode, image_data, output_dir: str, split: str, *, batch_size: int = 256, shard_size: int = 10_000,
+    flips: bool = True, num_workers: int = 8, process_index: int | None = None, process_count: int | None = None,
+) -> list:
+    """Centre crops (and mirrored copies) of `split`, through `encode` (images -> (B, K) ids), into
+    this process's token shards; returns the shard paths it owns (finished ones are skipped)."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if batch_size % jax.local_device_count():
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {jax.local_device_count()} local devices")
     source = builder.build_source(image_data, split)
     dataset_split = builder.split_name(image_data, split)
     num_shards = -(-len(source) // shard_size)
     owned = list(range(process_index, num_shards, process_count))
     pending = [s for s in owned if not token_shards.shard_path(output_dir, dataset_split, process_index, s).exists()]
-    logging.info("pretokenize %s: %d images, %d of this process's %d shards left", dataset_split,
+    logging.info("encode %s: %d images, %d of this process's %d shards left", dataset_split,
                  len(source), len(pending), len(owned))
     progress = Progress(sum(min(shard_size, len(source) - s * shard_size) for s in pending))
+    num_views = 2 if flips else 1
     for shard in pending:
         subset = IndexRange(source, shard * shard_size, min((shard + 1) * shard_size, len(source)))
-        num_views = 2 if flips else 1
         tokens, labels, indices = [[] for _ in range(num_views)], [], []
         batches = pipeline.eval_batches(subset, image_size=image_data.image_size,
                                         global_batch_size=batch_size, num_workers=num_workers)
@@ -109,26 +120,33 @@ def pretokenize(
             keep = batch["mask"]
             views = [batch["image"], batch["image"][:, :, ::-1]][:num_views]
             for view_tokens, view in zip(tokens, views):
-                view_tokens.append(encode(params, np.ascontiguousarray(view))[keep])
+                view_tokens.append(encode(np.ascontiguousarray(view))[keep])
             labels.append(batch["label"][keep])
             indices.append(subset.start + batch_index * batch_size + np.flatnonzero(keep))
             progress.advance(int(keep.sum()))
         # Rows: every image of the shard, then (with flips) the same images mirrored.
+        num_rows = sum(map(len, labels))
         path = token_shards.shard_path(output_dir, dataset_split, process_index, shard)
         token_shards.write_shard(path, np.concatenate([np.concatenate(t) for t in tokens]),
                                  np.tile(np.concatenate(labels), num_views),
-                                 np.tile(np.concatenate(indices), num_views))
+                                 np.tile(np.concatenate(indices), num_views),
+                                 np.repeat(np.arange(num_views) == 1, num_rows))
     return [token_shards.shard_path(output_dir, dataset_split, process_index, s) for s in owned]
 
 
 def define_flags():
     """Command-line flags, defined only when run as a program (importing must not claim --config)."""
     return (config_flags.DEFINE_config_file("config", None, "Generator config naming tokenizer and data."),
-            flags.DEFINE_enum("split", "both", ["train", "eval", "both"], "Which split to encode."))
+            flags.DEFINE_enum("split", "both", ["train", "eval", "both"], "Which split to encode."),
+            flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() auto-detect (SLURM, TPU "
+                              "VMs): each host encodes its share of the shards."))
 
 
-def main(argv, config_flag, split_flag):
+def main(argv, config_flag, split_flag, distributed_flag):
     del argv
+    from titok_var import distributed
+
+    distributed.initialize(None, 1, 0, distributed_flag.value)
     config = config_flag.value
     settings = config.tokenizer
     for split in (["train", "eval"] if split_flag.value == "both" else [split_flag.value]):
@@ -137,6 +155,6 @@ def main(argv, config_flag, split_flag):
 
 
 if __name__ == "__main__":
-    _config_flag, _split_flag = define_flags()
+    _config_flag, _split_flag, _distributed_flag = define_flags()
     flags.mark_flag_as_required("config")
-    app.run(lambda argv: main(argv, _config_flag, _split_flag))
+    app.run(lambda argv: main(argv, _config_flag, _split_flag, _distributed_flag))

@@ -7,8 +7,11 @@ shape and the layout conversion; this module pairs them up and names every probl
 import dataclasses
 from collections.abc import Callable, Mapping
 
+import jax
 import numpy as np
 from flax import traverse_util
+
+from titok_var.sharding.logical import strip_partitioning
 
 
 @dataclasses.dataclass
@@ -66,3 +69,14 @@ def match_state_dict(
         match.params[path] = np.ascontiguousarray(from_torch(path, value, shape), dtype=np.float32)
     match.unexpected = sorted(remaining)
     return match
+
+
+def abstract_param_shapes(model, *example_inputs) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Flat {path: shape} of `model.init(key, *example_inputs)["params"]`; nothing is computed.
+
+    The partitioning boxes are stripped without `nn.unbox`: that applies sharding constraints,
+    which fail on abstract values when a converter runs inside a training mesh (weight loading).
+    """
+    abstract = jax.eval_shape(model.init, jax.random.key(0), *example_inputs)
+    plain = strip_partitioning(abstract["params"])
+    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(plain).items()}

@@ -3,7 +3,7 @@
 import jax
 from jax.sharding import Mesh
 
-from titok_var.data import builder, pipeline, token_shards
+from titok_var.data import builder, pipeline, proxy_code_table, token_shards
 from titok_var.sharding import mesh as mesh_lib
 
 
@@ -46,11 +46,17 @@ def host_train_batches(config, start_step: int, stats: pipeline.PipelineStats):
                  process_index=jax.process_index(), process_count=jax.process_count())
     if config.data.name == "tokens":
         return token_shards.train_batches(token_dataset(config, "train"), **split)
-    return pipeline.train_batches(
-        builder.build_source(config.data, "train"), image_size=config.data.image_size,
+    source = builder.build_source(config.data, "train")
+    precomputed_proxy_codes = bool(config.get("proxy") and config.proxy.get("precomputed_dir"))
+    batches = pipeline.train_batches(
+        source, image_size=config.data.image_size,
         random_crop=config.data.random_crop, random_flip=config.data.random_flip,
-        num_workers=config.train.data_workers, stats=stats, **split,
+        num_workers=config.train.data_workers, stats=stats, with_provenance=precomputed_proxy_codes, **split,
     )
+    if precomputed_proxy_codes:
+        return proxy_code_table.attach_proxy_codes(
+            config, batches, split=builder.split_name(config.data, "train"), num_examples=len(source))
+    return batches
 
 
 def host_eval_batches(config, stats: pipeline.PipelineStats):

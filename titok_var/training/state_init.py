@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from titok_var.sharding import logical
 from titok_var.sharding import rules as rules_lib
 from titok_var.training.train_state import TrainState
 
@@ -80,10 +81,12 @@ def create_train_state(task, tx, config, mesh: Mesh, rules, layout: StateLayout)
             task_state=init_task_state(task)(jax.random.fold_in(seed_key, 1)),
         )
 
+    # Host-side loading (weight files, exports) runs outside the mesh: abstract inits of helper
+    # models there must not meet the training mesh's activation constraints.
+    overrides = task.initial_overrides() if hasattr(task, "initial_overrides") else None
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         seed_key = jax.device_put(jax.random.key(config.seed), NamedSharding(mesh, PartitionSpec()))
         state = jax.jit(init, out_shardings=layout.shardings)(seed_key)
-        overrides = task.initial_overrides() if hasattr(task, "initial_overrides") else None
         if overrides:
             state = _apply_overrides(state, overrides, tx, layout, use_ema)
         return state
@@ -126,9 +129,10 @@ def _apply_overrides(state: TrainState, overrides: dict, tx, layout: StateLayout
 
 
 def init_task_state(task):
-    """rng -> the task's auxiliary state (None for tasks without one)."""
+    """rng -> the task's auxiliary state (None for tasks without one), as plain arrays: helper
+    networks' partitioning boxes are dropped (the task state is replicated)."""
     if hasattr(task, "init_task_state"):
-        return task.init_task_state
+        return lambda rng: logical.strip_partitioning(task.init_task_state(rng))
     return lambda rng: None
 
 
