@@ -19,7 +19,9 @@ def dominant_colour(image: np.ndarray) -> int:
 
 
 def test_samples_have_the_requested_colour_more_often_than_chance(tmp_path):
-    tokenizer_config = tiny_titok_config(num_steps=300, checkpoint_every_steps=300, log_every_steps=100)
+    # 300 tokenizer steps sat on the mean-image plateau on some CPUs (colour of reconstructions 0.31);
+    # 600 left it on every seed tried (reconstructions 0.63-0.88 right colour).
+    tokenizer_config = tiny_titok_config(num_steps=600, checkpoint_every_steps=600, log_every_steps=100)
     tokenizer_config.optimizer.update(learning_rate=3e-3, warmup_steps=5)
     tokenizer_config.data.update(shapes_num_train=512, shapes_num_eval=32)
     trainer.train(tokenizer_config, str(tmp_path / "tokenizer"))
@@ -43,6 +45,6 @@ def test_samples_have_the_requested_colour_more_often_than_chance(tmp_path):
     predicted = np.array([dominant_colour(image) for image in samples["arr_0"]])
     requested = samples["labels"] % len(shapes.COLOUR_NAMES)
     accuracy = float(np.mean(predicted == requested))
-    # Chance is 0.25 (64 samples: 16 ± 3.5 hits); this run measured 0.48, the real 16 px images
-    # 0.98, and the full quickstart generator 0.99.
-    assert accuracy >= 0.4, accuracy
+    # Chance is 0.25 (64 samples: 16 ± 3.5 hits); measured 0.94 here (0.91 and 0.97 with model
+    # seeds 1 and 2), the real 16 px images 0.98, and the full quickstart generator 0.99.
+    assert accuracy >= 0.6, accuracy

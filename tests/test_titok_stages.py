@@ -78,3 +78,24 @@ def test_missing_helper_weights_fail_at_start_by_name():
     config.model.decoder_head = "pixels"
     with pytest.raises(ValueError, match="proxy_codes"):
         registry.get_task(config)
+
+
+def test_stage2_loads_converted_perceptual_weights_into_the_task_state_at_start(tmp_path):
+    from titok_var.losses.perceptual import make_perceptual_loss
+    from titok_var.tools.convert_perceptual import converted_path
+    from titok_var.tools.convert_var import save_params
+    from titok_var.training import state_init
+
+    _, params = make_perceptual_loss("lpips", random_init=True, rng=jax.random.key(3))
+    save_params(jax.device_get(params["lpips"]), converted_path("lpips", str(tmp_path)))
+    config = stage_config("stage2", num_steps=1)
+    config.loss.update(perceptual_random_init=False, perceptual_weights=str(tmp_path))
+    exp = trainer.build_experiment(config, str(tmp_path / "work"))
+    with exp.context():
+        state = state_init.create_train_state(exp.task, exp.tx, config, exp.mesh, exp.rules, exp.layout)
+    loaded = jax.device_get(state.task_state["perceptual"]["lpips"])
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(jax.device_get(params["lpips"]))):
+        np.testing.assert_array_equal(a, b)
+    config.loss.perceptual_weights = str(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="(?s)lpips_vgg16.npz.*convert_perceptual --arch lpips"):
+        registry.get_task(config).initial_overrides()

@@ -18,6 +18,7 @@ Loss config fields (all optional; defaults switch a term off):
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from titok_var.losses import adversarial
@@ -64,18 +65,14 @@ class PixelLossTerms:
     def active(self) -> bool:
         return bool(self.perceptual_kind) or self.use_gan
 
-    def _load_perceptual(self, rng):
-        random_init = bool(setting(self.config, "perceptual_random_init"))
-        return make_perceptual_loss(self.perceptual_kind, setting(self.config, "perceptual_weights") or None,
-                                    random_init=random_init, rng=rng if random_init else None)
-
     def init_state(self, rng) -> dict:
         perceptual_key, disc_key = jax.random.split(rng)
         state = {}
         if self.perceptual_kind:
-            # Runs when the train state's shapes are first computed, so a missing weights file
-            # fails at start with the file to fetch; the params live in the task state.
-            self.perceptual, state["perceptual"] = self._load_perceptual(perceptual_key)
+            # Random weights of the right shapes (traced, so never baked into the program as
+            # constants); `initial_overrides` puts the converted weights in their place.
+            self.perceptual, state["perceptual"] = make_perceptual_loss(
+                self.perceptual_kind, random_init=True, rng=perceptual_key)
         if self.use_gan:
             images = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
             params = self.discriminator.init(disc_key, images)["params"]
@@ -83,6 +80,14 @@ class PixelLossTerms:
                 "params": params, "opt_state": self.discriminator_tx.init(params),
                 "ema_real": jnp.zeros((), jnp.float32), "ema_fake": jnp.zeros((), jnp.float32)}
         return state
+
+    def initial_overrides(self) -> dict | None:
+        """Host task-state values loaded before the first step: the converted perceptual weights
+        (a missing file fails here, at start, naming the file to fetch and how to convert it)."""
+        if not self.perceptual_kind or setting(self.config, "perceptual_random_init"):
+            return None
+        _, params = make_perceptual_loss(self.perceptual_kind, setting(self.config, "perceptual_weights") or None)
+        return {"perceptual": jax.tree.map(np.asarray, params)}
 
     def generator_terms(self, state, images, reconstructions, step, *, last_layer=None, reconstruct_from_last=None):
         """(extra loss, metrics) for the generator, given reconstructions in [0, 1].

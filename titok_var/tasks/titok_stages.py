@@ -194,7 +194,8 @@ class DecoderFinetuneTask(_TiTokBase):
         if not init.get("random_init", False):
             vqgan = MaskGitVQGAN(**_vqgan_fields(self.config.model.pixel_decoder))
             overrides["pixel_vqgan"] = maskgit_vqgan.pixel_decoder_params(load_vqgan_params(init, vqgan))
-        return {"params": overrides} if overrides else None
+        task_state = self.pixel_terms.initial_overrides() if self.pixel_terms.active else None
+        return {k: v for k, v in (("params", overrides), ("task_state", task_state)) if v} or None
 
     def reconstruct(self, params, images):
         quantized, aux = self.model.apply({"params": params}, images, method=TiTok.encode)

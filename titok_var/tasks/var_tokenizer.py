@@ -73,6 +73,11 @@ class VarTokenizerTask:
         """The discriminator (+ its optimizer, LeCam EMAs) and perceptual net, when configured."""
         return self.pixel_terms.init_state(rng) if self.pixel_terms.active else None
 
+    def initial_overrides(self):
+        """The converted perceptual weights, loaded on the host before the first step."""
+        task_state = self.pixel_terms.initial_overrides() if self.pixel_terms.active else None
+        return {"task_state": task_state} if task_state else None
+
     def loss_fn(self, params, batch, rng, step, task_state=None):
         del rng
         images = batch["image"]
