@@ -20,6 +20,20 @@ import types  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    """A compilation cache shared by the run's workers: the tests build the same tiny train and
+    eval programs many times over (fresh jit closures per run), and each compile costs seconds."""
+    import tempfile
+
+    import jax
+
+    cache_dir = os.environ.get("TITOK_VAR_TEST_COMPILATION_CACHE") or os.path.join(
+        tempfile.gettempdir(), f"titok_var_test_xla_cache_{os.getuid()}")
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 @pytest.fixture(scope="session")
 def tiny_var_run(tmp_path_factory):
     """A tiny VQVAE -> export -> token maps -> VAR pipeline trained once per test run for every
