@@ -22,7 +22,7 @@ def write_description(directory: str | os.PathLike, description: dict) -> None:
     """Records which VQGAN made the codes (checked when a run reads them)."""
     path = pathlib.Path(directory) / DESCRIPTION_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(description, indent=2, sort_keys=True))
     os.replace(temporary, path)
 

@@ -39,7 +39,8 @@ def precompute_proxy_codes(config, *, split: str = "train", process_index: int |
     encode = pretokenize.make_encoder(
         lambda params, images: task.vqgan.apply({"params": params}, images, method=MaskGitVQGAN.encode).reshape(
             images.shape[0], -1), mesh)
-    proxy_code_table.write_description(output_dir, proxy_code_table.expected_description(config))
+    if (jax.process_index() if process_index is None else process_index) == 0:
+        proxy_code_table.write_description(output_dir, proxy_code_table.expected_description(config))
     return pretokenize.encode_split(
         lambda images: encode(vqgan_params, images), config.data, output_dir, split,
         batch_size=config.proxy.get("precompute_batch_size", 256),
