@@ -14,6 +14,7 @@ import numpy as np
 
 from titok_var.data import token_shards
 from titok_var.data.sources import DatasetNotFoundError
+from titok_var.models.titok import proxy_code_grid
 
 DESCRIPTION_FILE = "proxy_codes.json"
 
@@ -88,15 +89,19 @@ def expected_description(config) -> dict:
             "vqgan_weights": os.path.basename(config.proxy.get("vqgan_weights", "") or "")}
 
 
+def require_centre_crops(config) -> None:
+    """Pre-computed codes are of centre crops: a run reading them must not crop at random."""
+    if config.proxy.get("precomputed_dir") and config.data.get("random_crop", True):
+        raise ValueError("proxy.precomputed_dir holds codes of centre crops: set data.random_crop=False "
+                         "(or clear proxy.precomputed_dir to compute codes of random crops on the fly)")
+
+
 def attach_proxy_codes(config, batches, *, split: str, num_examples: int):
     """Adds "proxy_codes" (L, grid, grid) to batches that carry "source_index"/"flipped" (dropped).
     The table is read (and checked) now, not at the first batch."""
-    if config.data.get("random_crop", True):
-        raise ValueError("proxy.precomputed_dir holds codes of centre crops: set data.random_crop=False "
-                         "(or clear proxy.precomputed_dir to compute codes of random crops on the fly)")
+    require_centre_crops(config)
     table = ProxyCodeTable(
-        config.proxy.precomputed_dir, split, num_examples=num_examples,
-        grid=config.model.image_size // config.model.patch_size * config.model.get("proxy_codes_per_side", 1),
+        config.proxy.precomputed_dir, split, num_examples=num_examples, grid=proxy_code_grid(config.model),
         codebook_size=config.model.proxy_codebook_size, expected_description=expected_description(config),
         need_flipped=config.data.get("random_flip", True))
 

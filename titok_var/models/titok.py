@@ -42,6 +42,11 @@ def pixel_shuffle(x, patch_size: int):
     return x.reshape(batch, grid_h * patch_size, grid_w * patch_size, -1)
 
 
+def proxy_code_grid(model_config) -> int:
+    """Side of the proxy-code grid TiTok's proxy head predicts (patch grid x codes per patch side)."""
+    return model_config.image_size // model_config.patch_size * model_config.get("proxy_codes_per_side", 1)
+
+
 class TiTokEncoder(nn.Module):
     image_size: int
     patch_size: int

@@ -17,11 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from titok_var.data import proxy_code_table
 from titok_var.evaluation import codebook_stats, image_metrics, reconstruction_fid
 from titok_var.losses.reconstruction import reconstruction_loss
 from titok_var.models import maskgit_vqgan
 from titok_var.models.maskgit_vqgan import MaskGitVQGAN
-from titok_var.models.titok import TiTok
+from titok_var.models.titok import TiTok, proxy_code_grid
 from titok_var.tasks.pixel_losses import PixelLossTerms
 from titok_var.tasks.tokenizer import build_titok
 
@@ -77,13 +78,12 @@ class ProxyCodeTask(_TiTokBase):
         super().__init__(config, "stage 1")
         fields = _vqgan_fields(config.proxy.preset)
         self.vqgan = MaskGitVQGAN(**fields)
-        grid = config.model.image_size // config.model.patch_size * config.model.get("proxy_codes_per_side", 1)
+        grid = proxy_code_grid(config.model)
         if self.vqgan.latent_size != grid or fields["codebook_size"] != config.model.proxy_codebook_size:
             raise ValueError(
                 f"proxy VQGAN {config.proxy.preset!r} gives {self.vqgan.latent_size}x{self.vqgan.latent_size} codes "
                 f"of {fields['codebook_size']}; TiTok's head predicts {grid}x{grid} of {config.model.proxy_codebook_size}")
-        if config.proxy.get("precomputed_dir") and config.data.get("random_crop", True):
-            raise ValueError("proxy.precomputed_dir holds codes of centre crops: set data.random_crop=False")
+        proxy_code_table.require_centre_crops(config)  # here too, to fail before any weights load
 
     def trainable_mask(self):
         return None
@@ -194,7 +194,7 @@ class DecoderFinetuneTask(_TiTokBase):
         if not init.get("random_init", False):
             vqgan = MaskGitVQGAN(**_vqgan_fields(self.config.model.pixel_decoder))
             overrides["pixel_vqgan"] = maskgit_vqgan.pixel_decoder_params(load_vqgan_params(init, vqgan))
-        task_state = self.pixel_terms.initial_overrides() if self.pixel_terms.active else None
+        task_state = self.pixel_terms.initial_overrides()
         return {k: v for k, v in (("params", overrides), ("task_state", task_state)) if v} or None
 
     def reconstruct(self, params, images):

@@ -75,7 +75,7 @@ class VarTokenizerTask:
 
     def initial_overrides(self):
         """The converted perceptual weights, loaded on the host before the first step."""
-        task_state = self.pixel_terms.initial_overrides() if self.pixel_terms.active else None
+        task_state = self.pixel_terms.initial_overrides()
         return {"task_state": task_state} if task_state else None
 
     def loss_fn(self, params, batch, rng, step, task_state=None):
