@@ -25,6 +25,7 @@ from titok_var.models.titok import VIT_SIZES, TiTok
 from titok_var.tools import convert, convert_perceptual
 from titok_var.tools import convert_titok as ct
 from titok_var.tools.convert_var import save_params
+from titok_var.weights import safetensors_format
 
 # The released paper layout at 32 px: patch 2 gives the 16 x 16 grid the tiny VQGAN decodes.
 STAGE2 = {"image_size": 32, "patch_size": 2, "num_latent_tokens": 8, "encoder_size": "tiny", "decoder_size": "tiny",
@@ -389,7 +390,7 @@ def test_files_round_trip_and_errors_name_the_problem(tmp_path):
 
     values = np.array([[1.5, -2.0, 3.140625], [0.0, 1e-3, -7.0]], np.float32)
     write_safetensors(tmp_path / "bf16.safetensors", {"w": values}, {"w": "BF16"})
-    bf16 = ct.read_safetensors(str(tmp_path / "bf16.safetensors"))["w"]
+    bf16 = safetensors_format.load(str(tmp_path / "bf16.safetensors"))["w"]
     assert bf16.dtype == np.float32 and bf16.shape == (2, 3)
     np.testing.assert_allclose(bf16, values, rtol=2**-7)
 
@@ -470,8 +471,17 @@ def test_cli_converts_lpips_end_to_end_and_records_it(tmp_path):
     record = convert.main(["--arch", "lpips", "--input", str(tmp_path / "vgg16.npz"), "--lin",
                            str(tmp_path / "lin.npz"), "--output", str(out)])
     total = sum(v.size for v in sd.values())
-    assert record == json.loads((out / "convert.json").read_text())
+    assert json.loads((out / "convert.json").read_text()) == {"lpips_vgg16.npz": record}
     assert record == {"arch": "lpips", "input": "vgg16.npz", "output": "lpips_vgg16.npz", "parameters": total,
                       "converter": "titok_var.tools.convert_perceptual", "lin": "lin.npz"}
     params = convert_perceptual.load_params("lpips", str(out / "lpips_vgg16.npz"))
     np.testing.assert_array_equal(params["vgg"]["features_0"]["kernel"], sd["features.0.weight"].transpose(2, 3, 1, 0))
+
+    # ConvNeXt-S from a .safetensors (numpy only) into the same folder: both records are kept.
+    convnext_sd = {k: rng.standard_normal(size=s, dtype=np.float32)
+                   for k, s in convert_perceptual.expected_torch_shapes("convnext_s").items()}
+    safetensors_format.save(convnext_sd, str(tmp_path / "convnext_small.safetensors"))
+    second = convert.main(["--arch", "convnext_s", "--input", str(tmp_path / "convnext_small.safetensors"),
+                           "--output", str(out)])
+    assert json.loads((out / "convert.json").read_text()) == {"lpips_vgg16.npz": record, "convnext_small.npz": second}
+    assert second["parameters"] == sum(v.size for v in convnext_sd.values())

@@ -16,7 +16,7 @@ ARCH picks the converter and the released configuration it builds:
 Each converter's own CLI does the work; this writes what it wrote into DIR (DIR/<arch>.npz, except
 maskgit_vqgan -> maskgit_vqgan.npz or pixel_decoder.npz, lpips -> lpips_vgg16.npz and convnext_s ->
 convnext_small.npz, the names their loaders expect) and DIR/convert.json recording the arch, the
-input file name, the written file and its parameter count.
+input file name, the written file and its parameter count, one record per written file.
 """
 
 import argparse
@@ -31,7 +31,6 @@ import numpy as np
 
 from titok_var.tools.convert_titok import RELEASED_VARIANTS as TITOK_VARIANTS
 
-TITOK_HF = "https://huggingface.co/fun-research/TiTok/resolve/main/{}"
 RECORD_FILE = "convert.json"
 
 
@@ -59,7 +58,7 @@ def _titok(variant: str) -> Arch:
 def _maskgit(variant: str) -> Arch:
     def source(module):
         name = module.CHECKPOINTS[variant]
-        return name, TITOK_HF.format(name)
+        return name, module.RELEASE_URL.format(name)
 
     return Arch("convert_maskgit", ("--variant", variant), source=source)
 
@@ -146,9 +145,31 @@ def convert(arch: str, input_path: str, output_dir: str, lin: str | None = None)
     }
     if lin is not None:
         record["lin"] = os.path.basename(lin)
-    with open(os.path.join(output_dir, RECORD_FILE), "w") as f:
-        json.dump(record, f, indent=2)
+    _add_record(output_dir, record)
     return record
+
+
+def read_records(output_dir: str) -> dict[str, dict]:
+    """{written file name: record} of every conversion into `output_dir`."""
+    path = os.path.join(output_dir, RECORD_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        records = json.load(f)
+    if "arch" in records:  # one record, as written before conversions were merged
+        records = {records["output"]: records}
+    return records
+
+
+def _add_record(output_dir: str, record: dict) -> None:
+    """Keeps one record per written file, so several conversions can share a folder (LPIPS and
+    ConvNeXt-S for the mixed perceptual loss)."""
+    records = read_records(output_dir)
+    records[record["output"]] = record
+    path = os.path.join(output_dir, RECORD_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(records, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
 
 
 def main(argv=None) -> dict:

@@ -32,6 +32,7 @@ import numpy as np
 from flax import traverse_util
 
 from titok_var.evaluation import inception
+from titok_var.weights import state_dicts
 from titok_var.tools.state_dict_matching import describe, match_state_dict
 
 FID_WEIGHTS_URL = (
@@ -122,21 +123,8 @@ def _sha256_prefix(path: str) -> str:
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """Torch state dict of a .pth (needs torch) or a torch-keyed .npz (numpy only)."""
-    if path.endswith(".npz"):
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    try:
-        import torch  # optional: only needed to read .pth files
-    except ImportError as e:
-        raise ImportError(
-            f"reading {path} needs PyTorch, which is not installed. Convert it on any machine "
-            "with torch (CPU is enough): `python -m titok_var.tools.convert_inception "
-            f"--input {path} --output fid_inception.npz`, or there dump the state dict with "
-            "`np.savez('sd.npz', **{k: v.numpy() for k, v in torch.load(path).items()})` and "
-            "pass that .npz as --input here."
-        ) from e
-    if os.path.basename(path) == FID_WEIGHTS_FILENAME:
+    """Torch state dict of the .pth (read without torch), a .safetensors or a torch-keyed .npz."""
+    if os.path.basename(path) == FID_WEIGHTS_FILENAME and os.path.isfile(path):
         prefix = _sha256_prefix(path)
         if prefix != FID_WEIGHTS_SHA256_PREFIX:
             warnings.warn(
@@ -144,15 +132,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
                 "the download may be corrupt",
                 stacklevel=2,
             )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except TypeError:  # torch < 1.13 has no weights_only
-        obj = torch.load(path, map_location="cpu")
-    if not isinstance(obj, Mapping) and hasattr(obj, "state_dict"):
-        obj = obj.state_dict()
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+    return state_dicts.read_state_dict(path)
 
 
 def flatten_params(params) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ Name mapping (torch -> ours):
 """
 
 import argparse
+import os
 import re
 from collections.abc import Mapping
 
@@ -27,9 +28,11 @@ import numpy as np
 from flax import traverse_util
 
 from titok_var.models.maskgit import ImageBert, UViTBert, build_generator
+from titok_var.weights import state_dicts
 from titok_var.tools.state_dict_matching import abstract_param_shapes, match_state_dict
 
 IMAGEBERT_IGNORED_KEYS = ("model.embeddings.position_ids", "model.embeddings.token_type_ids")
+RELEASE_URL = "https://huggingface.co/fun-research/TiTok/resolve/main/{}"
 CHECKPOINTS = {
     "L-32": "generator_titok_l32.bin",
     "B-64": "generator_titok_b64.bin",
@@ -123,20 +126,11 @@ def convert_generator(state_dict: Mapping[str, np.ndarray], model) -> dict:
 
 
 def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-    """A torch state dict (.bin / .pth, needs torch) or a torch-keyed .npz as numpy arrays."""
-    if path.endswith(".npz"):
-        with np.load(path) as data:
-            return {k: np.asarray(data[k]) for k in data.files}
-    try:
-        import torch  # optional: only needed to read torch files
-    except ImportError as e:
-        raise ImportError(
-            f"reading {path} needs PyTorch; on a machine with torch dump it with "
-            "`np.savez('sd.npz', **{k: v.float().numpy() for k, v in torch.load(path).items()})` "
-            "and pass the .npz instead"
-        ) from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.detach().float().cpu().numpy() for k, v in obj.items()}
+    """The generator's state dict (.bin / .pth read without torch, .safetensors, torch-keyed .npz)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"MaskGIT generator checkpoint {path!r} not found; the released generators are "
+                                + ", ".join(RELEASE_URL.format(name) for name in CHECKPOINTS.values()))
+    return state_dicts.read_state_dict(path)
 
 
 def main(argv=None):

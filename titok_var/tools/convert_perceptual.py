@@ -44,7 +44,8 @@ from flax import traverse_util
 
 from titok_var.models.convnext import ConvNeXt
 from titok_var.models.lpips import LPIPS, LPIPS_SCALE, LPIPS_SHIFT
-from titok_var.tools.convert_var import load_torch_checkpoint, save_params
+from titok_var.tools.convert_var import save_params
+from titok_var.weights import state_dicts
 from titok_var.tools.state_dict_matching import abstract_param_shapes, describe, match_state_dict
 
 ARCHS = ("lpips", "convnext_s")
@@ -244,20 +245,11 @@ def _check_flat(arch: str, flat: dict, expected: dict, path: str) -> None:
 
 
 def read_state_dict(arch: str, path: str) -> dict[str, np.ndarray]:
-    """State dict of a .pth (needs torch) or torch-keyed .npz, with messages naming this converter."""
+    """State dict of a .pth (read without torch), .safetensors or torch-keyed .npz; a missing file
+    names what to fetch."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found. " + fetch_instructions(arch))
-    try:
-        return load_torch_checkpoint(path)
-    except ImportError as e:
-        raise ImportError(
-            f"reading {path} needs PyTorch, which is not installed. Convert it on any machine with torch "
-            f"(`python -m titok_var.tools.convert_perceptual --arch {arch} --input {path} ...`), or dump it there "
-            "with `np.savez('sd.npz', **{k: v.float().numpy() for k, v in torch.load(path).items()})` "
-            "and pass that .npz instead."
-        ) from e
-    except TypeError as e:
-        raise TypeError(f"{path} does not hold a {arch} state dict ({e})") from e
+    return state_dicts.read_state_dict(path)
 
 
 def convert_files(arch: str, input_path: str, output_dir: str, lin_path: str | None = None,

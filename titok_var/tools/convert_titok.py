@@ -29,10 +29,8 @@ kernels (D, D) each (the head split of torch's MHA is contiguous, as our reshape
 """
 
 import argparse
-import json
 import os
 import re
-import struct
 from collections.abc import Mapping
 
 import jax
@@ -42,7 +40,8 @@ from flax import traverse_util
 
 from titok_var.models.titok import TiTok
 from titok_var.tools import convert_maskgit_vqgan
-from titok_var.tools.convert_var import load_torch_checkpoint, save_params
+from titok_var.tools.convert_var import save_params
+from titok_var.weights import state_dicts
 from titok_var.tools.state_dict_matching import abstract_param_shapes, match_state_dict
 
 _PAPER_MODEL = {
@@ -226,48 +225,13 @@ def convert_titok(state_dict: Mapping[str, np.ndarray], model: TiTok) -> dict:
     return traverse_util.unflatten_dict(flat)
 
 
-# Element types of the safetensors format that hold weights.
-_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "BF16": "<u2"}
-
-
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """A .safetensors file (8-byte header length, JSON header, raw little-endian data) as numpy
-    arrays, without torch or the safetensors package. bfloat16 becomes float32."""
-    with open(path, "rb") as f:
-        (header_size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_size))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        array = np.frombuffer(data[begin:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
-        if info["dtype"] == "BF16":  # the upper half of a float32
-            array = (array.astype(np.uint32) << 16).view(np.float32)
-        out[name] = array.reshape(info["shape"])
-    return out
-
-
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """State dict of a TiTok checkpoint: .bin/.pth (needs torch), .safetensors or torch-keyed .npz."""
+    """State dict of a TiTok checkpoint: .bin/.pth (read without torch), .safetensors or torch-keyed .npz."""
     path = os.fspath(path)
     if not os.path.exists(path):
         sources = "; ".join(f"{v}: {url}" for v, (_, url) in CHECKPOINTS.items())
         raise FileNotFoundError(f"TiTok checkpoint not found at {path!r}; the released tokenizers are {sources}")
-    if path.endswith(".safetensors"):
-        return read_safetensors(path)
-    try:
-        return load_torch_checkpoint(path)
-    except ImportError as e:
-        raise ImportError(
-            f"reading {path} needs PyTorch, which is not installed. Convert it on any machine with torch "
-            f"(`python -m titok_var.tools.convert_titok --variant ... --input {path} --output DIR`), or dump "
-            "it there with `np.savez('sd.npz', **{k: v.float().numpy() for k, v in torch.load(path).items()})` "
-            "and pass that .npz instead."
-        ) from e
+    return state_dicts.read_state_dict(path)
 
 
 def load_params(path: str, model: TiTok) -> dict:

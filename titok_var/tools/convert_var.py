@@ -28,6 +28,7 @@ import numpy as np
 from flax import traverse_util
 
 from titok_var.models.var_vqvae import VQVAE
+from titok_var.weights import state_dicts
 from titok_var.tools.state_dict_matching import abstract_param_shapes, describe, match_state_dict
 
 CHECKPOINT_NAME = "vae_ch160v4096z32.pth"
@@ -138,54 +139,16 @@ def convert_vqvae(state_dict: Mapping[str, np.ndarray], model: VQVAE | None = No
     return match.nested_params()
 
 
-def _is_tensor_dict(obj) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(hasattr(v, "detach") for v in obj.values())
-
-
 def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
-    """State dict of a VQVAE checkpoint as numpy arrays.
-
-    Accepts a .pth holding the state dict itself (the released file), or a VAR training
-    checkpoint (`trainer.vae_local`), or a dict with "state_dict" / "model"; reading .pth needs
-    torch (imported only here). A torch-keyed .npz is read with numpy alone.
-    """
+    """State dict of a VQVAE checkpoint as numpy arrays, read without torch: the released .pth, a
+    VAR training checkpoint (`trainer.vae_local`), a dict with "state_dict" / "model", a
+    .safetensors or a torch-keyed .npz."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"VQVAE checkpoint not found at {path!r}; the released weights are {CHECKPOINT_URL}"
         )
-    if path.endswith(".npz"):
-        with np.load(path) as data:
-            return {k: np.asarray(data[k]) for k in data.files}
-    try:
-        import torch  # optional: only needed to read .pth files
-    except ImportError as e:
-        raise ImportError(
-            f"reading {path} needs PyTorch, which is not installed. On any machine with torch "
-            "(CPU is enough) run `python -m titok_var.tools.convert_var "
-            f"--input {path} --output var_vqvae.npz`, or dump the state dict there with "
-            "`np.savez('sd.npz', **{k: v.float().numpy() for k, v in torch.load(path).items()})` "
-            "and pass that .npz instead."
-        ) from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except TypeError:  # torch < 1.13 has no weights_only
-        obj = torch.load(path, map_location="cpu")
-    if not _is_tensor_dict(obj) and isinstance(obj, Mapping):
-        for keys in (("trainer", "vae_local"), ("state_dict",), ("model",)):
-            inner = obj
-            for k in keys:
-                inner = inner.get(k) if isinstance(inner, Mapping) else None
-            if _is_tensor_dict(inner):
-                obj = inner
-                break
-    if not _is_tensor_dict(obj):
-        found = sorted(obj)[:20] if isinstance(obj, Mapping) else type(obj).__name__
-        raise TypeError(f"{path} does not hold a VQVAE state dict (found {found})")
-    return {
-        k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy()
-        for k, v in obj.items()
-    }
+    return state_dicts.read_state_dict(path)
 
 
 def save_params(params, path: str) -> str:
