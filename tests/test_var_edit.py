@@ -105,7 +105,7 @@ def test_box_and_mask_file_give_the_same_keep_mask(setup, inpaint, tmp_path):
     np.testing.assert_array_equal(from_box[:2], not inpaint)
     np.testing.assert_array_equal(from_box[2:], inpaint)
     for name in ("pixels.png", "tokens.png"):
-        from_file = var_edit.edit_keep_mask(PATCH_NUMS, mask_path=tmp_path / name, inpaint=inpaint)
+        from_file = var_edit.edit_keep_mask(PATCH_NUMS, mask_path=tmp_path / name, inpaint=inpaint, image_size=16)
         np.testing.assert_array_equal(from_file, from_box)
 
 
@@ -117,7 +117,7 @@ def test_edit_image_writes_the_outputs(setup, tmp_path):
     out_dir = var_edit.edit_image(setup["config"], setup["workdir"], setup["image_path"], mask_path=str(mask_path),
                                   inpaint=True, class_label=3, num_samples=3, seed=7,
                                   devices=setup["devices"])
-    assert out_dir.endswith("edits/photo_inpaint_class3")
+    assert out_dir.endswith("edits/photo_inpaint_class3_001")
     keep = ~np.pad(np.ones((2, 2), bool), 1)
     input_png = np.asarray(Image.open(f"{out_dir}/input.png"))
     np.testing.assert_array_equal(input_png, np.round(setup["image"] * 255).astype(np.uint8))
@@ -145,7 +145,8 @@ def test_bad_inputs_fail_clearly(setup, tmp_path):
     with pytest.raises(ValueError, match=r"fractions in \[0, 1\]"):
         var_edit.edit_image(config, workdir, image, box=(0.2, 0.2, 1.3, 0.8))
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
-    with pytest.raises(ValueError, match="multiple of the finest token grid 4"):
+    with pytest.raises(ValueError, match=r"small.png' is 10x10; it must match the centre-cropped image \(16x16\) "
+                                         r"or the finest token grid \(4x4\)"):
         var_edit.edit_image(config, workdir, image, mask_path=str(tmp_path / "small.png"))
     with pytest.raises(FileNotFoundError, match="edit mask"):
         var_edit.edit_image(config, workdir, image, mask_path=str(tmp_path / "nope.png"))
@@ -153,8 +154,49 @@ def test_bad_inputs_fail_clearly(setup, tmp_path):
         var_edit.edit_image(config, workdir, image)
     with pytest.raises(ValueError, match="exactly one of"):
         var_edit.edit_image(config, workdir, image, box=CENTRE, mask_path=str(tmp_path / "small.png"))
-    with pytest.raises(ValueError, match="class_label must be in"):
-        var_edit.edit_image(config, workdir, image, box=CENTRE, class_label=16)
+    with pytest.raises(ValueError, match="class_label must be a class in .0, 16., or 16 .or omitted. for plain"):
+        var_edit.edit_image(config, workdir, image, box=CENTRE, class_label=17)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "double.png")  # twice the image size
+    with pytest.raises(ValueError, match="double.png' is 32x32; it must match"):
+        var_edit.edit_image(config, workdir, image, mask_path=str(tmp_path / "double.png"))
+    with pytest.raises(ValueError, match=r"box \(0.0, 0.0, 0.1, 0.1\) leaves no token of the 4x4 grid to generate"):
+        var_edit.edit_image(config, workdir, image, box=(0.0, 0.0, 0.1, 0.1))  # rounds to rows 0:0
+    with pytest.raises(ValueError, match="keeps no token"):
+        var_edit.edit_image(config, workdir, image, box=(0.0, 0.0, 1.0, 1.0))
+    # Settings are checked before any model loads: a work dir without checkpoints is not reached.
+    empty = tmp_path / "no_checkpoints"
+    with pytest.raises(ValueError, match=r"top_k must be in \[0, 32\]"):
+        var_edit.edit_image(config, str(empty), image, box=CENTRE, top_k=33)
+    with pytest.raises(FileNotFoundError, match="no checkpoint to edit with"):
+        var_edit.edit_image(config, str(empty), image, box=CENTRE)
+    assert not empty.exists()  # a failed command leaves nothing behind
     with pytest.raises(ValueError, match="four comma-separated"):
         var_edit.parse_box("0.1,0.2,0.3")
     assert var_edit.parse_box("0.1, 0.2,0.8,0.9") == (0.1, 0.2, 0.8, 0.9)
+
+
+def test_edits_from_an_export_never_write_into_it_nor_replace_earlier_edits(setup, tmp_path):
+    """Released or trained weights as an export: the export is only read; each run gets a new
+    folder; the official demo's null label (num_classes) equals omitting the class."""
+    from titok_var.tools import export
+
+    export_dir = export.export_checkpoint(setup["config"], setup["workdir"], str(tmp_path / "var_export"),
+                                          devices=setup["devices"])
+    before = sorted(p.relative_to(export_dir) for p in __import__("pathlib").Path(export_dir).rglob("*"))
+    out = tmp_path / "out"
+    kwargs = dict(box=TOP_HALF, num_samples=SAMPLES, seed=5, devices=setup["devices"], export_dir=export_dir)
+    first = var_edit.edit_image(setup["config"], str(out), setup["image_path"], **kwargs)
+    second = var_edit.edit_image(setup["config"], str(out), setup["image_path"], class_label=16, **kwargs)
+    assert first.endswith("photo_inpaint_001") and second.endswith("photo_inpaint_class16_001")
+    third = var_edit.edit_image(setup["config"], str(out), setup["image_path"], **kwargs)
+    assert third.endswith("photo_inpaint_002")
+    after = sorted(p.relative_to(export_dir) for p in __import__("pathlib").Path(export_dir).rglob("*"))
+    assert after == before
+    with np.load(f"{first}/edits.npz") as a, np.load(f"{second}/edits.npz") as b, np.load(f"{third}/edits.npz") as c:
+        np.testing.assert_array_equal(a["tokens"], b["tokens"])  # null label num_classes == omitted
+        np.testing.assert_array_equal(a["tokens"], c["tokens"])  # same seed, same edit, new folder
+        # The export's parameters are the checkpoint's: the same edit as from the work dir.
+        maps, _ = _edit(setup, var_edit.edit_keep_mask(PATCH_NUMS, box=TOP_HALF, inpaint=True), seed=5)
+        np.testing.assert_array_equal(a["tokens"], np.concatenate([m.reshape(SAMPLES, -1) for m in maps], 1))
+    settings = __import__("json").loads(open(f"{first}/settings.json").read())
+    assert settings["seed"] == 5 and settings["box"] == list(TOP_HALF) and settings["weights"] == f"export {export_dir}"

@@ -61,7 +61,7 @@ def test_pretokenized_shards_hold_all_scales_and_decode_like_the_model(trained, 
         tokens = shard["tokens"]
     np.testing.assert_array_equal(tokens, task.encode_tokens(params, images))
     # Decoding the stored tokens gives the model's own (quantized) reconstruction.
-    decoded = np.asarray(task.decode_tokens_on_device(params, tokens))
+    decoded = np.asarray(task.decode_tokens(params, tokens))
     reconstruction, _ = task.reconstruct(params, images)
     np.testing.assert_allclose(decoded, np.asarray(reconstruction), atol=1e-5)
 

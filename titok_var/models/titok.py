@@ -300,6 +300,10 @@ class TiTok(nn.Module):
             return output
         return self.proxy_logits_to_pixels(output)
 
+    def decode_tokens_to_pixels(self, indices):
+        """Token ids (B, K) -> pixels in [0, 1] (not clipped), whatever the head."""
+        return self.decode_pixels(self.quantize.lookup(indices))
+
     def __call__(self, images):
         quantized, aux = self.encode(images)
         output = self.decode(quantized)

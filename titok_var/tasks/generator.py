@@ -130,7 +130,9 @@ class GeneratorTask:
                 f"tokenizer codebook has {config.model.codebook_size} codes, the generator "
                 f"{self.config.model.codebook_size}"
             )
-        jitted = jax.jit(lambda p, t: task.model.apply({"params": p}, t, method=type(task.model).decode_tokens))
+        if not hasattr(task, "decode_tokens"):
+            raise ValueError(f"{self.config.tokenizer.export_dir} holds a {config.model_name!r} export, not a tokenizer")
+        jitted = jax.jit(task.decode_tokens)
 
         def decode(p, tokens):
             # Runs on the tokenizer's own mesh, whatever mesh the generator is trained on.
@@ -142,8 +144,10 @@ class GeneratorTask:
     def decode_samples(self, tokens) -> np.ndarray:
         """(B, K) tokens -> (B, H, W, 3) images in [0, 1] with the frozen tokenizer."""
         decode, params = self.tokenizer
-        images = decode(params, np.asarray(tokens))
-        return np.clip(np.asarray(images), 0.0, 1.0)
+        images = np.asarray(decode(params, np.asarray(tokens)))
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"the tokenizer decoded tokens {np.shape(tokens)} to {images.shape}, not images")
+        return images
 
     def preview_rows(self, preview):
         return [self.decode_samples(np.asarray(preview["tokens"]))]

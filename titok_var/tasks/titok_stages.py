@@ -70,6 +70,14 @@ class _TiTokBase:
         _, aux = self.model.apply({"params": params}, images, method=TiTok.encode)
         return aux["indices"]
 
+    def decode_tokens(self, params, tokens):
+        """(B, K) token ids -> (B, H, W, 3) images in [0, 1] through the pixel decoder (stage 2 and
+        every released TiTok); a stage-1 model only predicts proxy codes."""
+        if not self.config.model.pixel_decoder:
+            raise ValueError("this TiTok has a proxy-code head and no pixel decoder (stage 1), so its tokens do "
+                             "not decode to images; use a stage-2 export or an imported released tokenizer")
+        return jnp.clip(self.model.apply({"params": params}, tokens, method=TiTok.decode_tokens_to_pixels), 0.0, 1.0)
+
 
 class ProxyCodeTask(_TiTokBase):
     """Stage 1: cross-entropy on the frozen VQGAN's codes + quantizer losses."""

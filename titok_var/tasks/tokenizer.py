@@ -72,6 +72,11 @@ class TokenizerTask:
         _, aux = self.model.apply({"params": params}, images, method=TiTok.encode)
         return aux["indices"]
 
+    def decode_tokens(self, params, tokens):
+        """(B, K) token ids -> (B, H, W, 3) images in [0, 1]: how every consumer of a tokenizer
+        (generators, pre-tokenization checks) turns tokens into pixels."""
+        return jnp.clip(self.model.apply({"params": params}, tokens, method=TiTok.decode_tokens_to_pixels), 0.0, 1.0)
+
     def reconstruct(self, params, images):
         reconstructions, aux = self.model.apply({"params": params}, images)
         return jnp.clip(reconstructions, 0.0, 1.0), aux

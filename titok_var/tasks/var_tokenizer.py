@@ -116,10 +116,10 @@ class VarTokenizerTask:
         """Images in [0, 1] -> (B, L) token ids, all scales flattened coarse to fine."""
         return flatten_token_maps(self.model.apply({"params": params}, images, method=VQVAE.images_to_indices))
 
-    def decode_tokens_on_device(self, params, tokens):
-        """(B, L) token ids -> images in [0, 1]."""
+    def decode_tokens(self, params, tokens):
+        """(B, L) token ids, all scales -> (B, H, W, 3) images in [0, 1]."""
         maps = split_token_maps(tokens, self.patch_nums)
-        return self.model.apply({"params": params}, maps, method=VQVAE.indices_to_images)
+        return jnp.clip(self.model.apply({"params": params}, maps, method=VQVAE.indices_to_images), 0.0, 1.0)
 
     def reconstruct(self, params, images):
         reconstructions, aux = self.model.apply({"params": params}, images)

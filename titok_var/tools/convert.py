@@ -1,6 +1,7 @@
 """One command for every weight converter of titok_var:
 
     python -m titok_var.tools.convert --arch ARCH --input FILE --output DIR [--lin vgg.pth]
+    python -m titok_var.tools.convert --to_official --arch ARCH --export_dir E --output FILE [--dtype bfloat16]
 
 ARCH picks the converter and the released configuration it builds:
   var_vqvae                          tools/convert_var.py              vae_ch160v4096z32.pth
@@ -28,8 +29,10 @@ import zipfile
 from collections.abc import Callable
 
 import numpy as np
+from flax import traverse_util
 
 from titok_var.tools.convert_titok import RELEASED_VARIANTS as TITOK_VARIANTS
+from titok_var.weights import state_dicts
 
 RECORD_FILE = "convert.json"
 
@@ -172,17 +175,66 @@ def _add_record(output_dir: str, record: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
+def export_to_official(arch: str, output: str, *, export_dir: str | None = None, converted: str | None = None,
+                       dtype: str = "float32") -> dict:
+    """Our weights (an export's parameters, or a converter's .npz) -> the official state dict of
+    `arch`, written to `output` (.safetensors, .bin / .pth, or torch-keyed .npz) in `dtype`."""
+    from titok_var.tools import official_layout
+
+    arch_spec(arch)
+    layout = official_layout.layout_for(arch)
+    if (export_dir is None) == (converted is None):
+        raise ValueError("--to_official reads exactly one of --export_dir (an export) and --input (a converted .npz)")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if export_dir is not None:
+        from titok_var.tools.export import load_exported_to_host
+        from titok_var.training.inference import EXPORT_CONFIG_FILE, read_export_json
+
+        model_name = read_export_json(export_dir, EXPORT_CONFIG_FILE).get("model_name")
+        if model_name not in layout.model_names:
+            raise ValueError(f"{export_dir} holds a {model_name!r} model; --arch {arch} writes "
+                             f"{' / '.join(layout.model_names) or 'no exported model'} weights")
+        task, params, _ = load_exported_to_host(export_dir)
+        model, source = task.model, os.path.abspath(export_dir)
+    else:
+        _require_file(converted, "converted weights", arch)
+        model = official_layout.released_model(arch)
+        with np.load(converted) as data:
+            flat = {tuple(k.split("/")): np.asarray(data[k]) for k in data.files}
+        params, source = traverse_util.unflatten_dict(flat), os.path.abspath(converted)
+    state_dict = official_layout.to_official(arch, model, params)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    written = state_dicts.write_state_dict(state_dict, output, dtype=dtype)
+    return {"arch": arch, "source": source, "output": os.path.abspath(written), "tensors": len(state_dict),
+            "dtype": dtype}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog="known archs: " + ", ".join(ARCHS)
     )
     parser.add_argument("--arch", required=True, help="which model the weights are for (see below)")
-    parser.add_argument("--input", required=True, help="the released torch checkpoint, or a torch-keyed .npz")
-    parser.add_argument("--output", required=True, help="directory for the converted .npz and convert.json")
+    parser.add_argument("--input", default=None, help="the released torch checkpoint (.pth/.bin/.safetensors), or a "
+                                                      "torch-keyed .npz; with --to_official: a converted .npz")
+    parser.add_argument("--output", required=True, help="directory for the converted .npz and convert.json "
+                                                        "(--to_official: the official file to write)")
     parser.add_argument("--lin", default=None, help="lpips only: the LPIPS lin heads (vgg.pth)")
+    parser.add_argument("--to_official", action="store_true",
+                        help="the other way: our weights (--export_dir, or a converted .npz as --input) -> the "
+                             "official state dict in --output FILE (.safetensors, .bin/.pth or .npz)")
+    parser.add_argument("--export_dir", default=None, help="--to_official: an export (EMA parameters of a run, or imported)")
+    parser.add_argument("--dtype", default="float32", help="--to_official: float32 (default), bfloat16 or float16")
     args = parser.parse_args(argv)
     if args.arch not in ARCHS:
         parser.error(f"unknown --arch {args.arch!r}; known: {', '.join(ARCHS)}")
+    if args.to_official:
+        record = export_to_official(args.arch, args.output, export_dir=args.export_dir, converted=args.input,
+                                    dtype=args.dtype)
+        print(f"{args.arch}: {record['tensors']} tensors ({record['dtype']}) -> {record['output']}")
+        return record
+    if args.input is None:
+        parser.error("--input is required (the released checkpoint)")
     record = convert(args.arch, args.input, args.output, args.lin)
     print(f"{args.arch}: {record['parameters']:,} parameters -> {os.path.join(args.output, record['output'])}")
     return record

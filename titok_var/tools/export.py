@@ -12,8 +12,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from titok_var import registry
 from titok_var.checkpointing.manager import config_to_json, parameter_shapes
-from titok_var.sharding import mesh as mesh_lib
-from titok_var.sharding import rules as rules_lib
 from titok_var.training import evaluation, state_init, trainer
 
 PARAMS_DIR = "params"
@@ -124,19 +122,3 @@ def load_exported_to_host(export_dir: str):
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.join(os.path.abspath(export_dir), PARAMS_DIR), target)
     return task, jax.tree.map(np.asarray, params), config
-
-
-def evaluate_export(config, export_dir: str, workdir: str) -> dict:
-    """`--mode eval --export_dir E`: evaluates an export (trained or imported) with `config`'s eval
-    settings; metrics and grid go to workdir/eval/step_<export step>."""
-    mesh = mesh_lib.make_mesh(dict(config.mesh), None)
-    task, params, export_config = load_exported(export_dir, mesh=mesh)
-    if export_config.model_name != config.model_name:
-        raise ValueError(f"{export_dir} holds a {export_config.model_name!r} export, the config a {config.model_name!r}")
-    with open(os.path.join(export_dir, META_FILE)) as f:
-        step = int(json.load(f).get("step", 0))
-    replicated = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), params)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules_lib.rules_from_config(config.sharding_rules)):
-        metrics, rows = evaluation.evaluate(task, params, replicated, config, mesh)
-    evaluation.write_eval_outputs(workdir, step, metrics, rows)
-    return metrics

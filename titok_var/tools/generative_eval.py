@@ -46,6 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from scipy import special
 
 from titok_var.evaluation import fid, inception, precision_recall
+from titok_var.training import inference
 
 ADM_REFERENCE_URL = (
     "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
@@ -521,9 +522,10 @@ def _existing_samples(sample_dir: str, config) -> list[str] | None:
     return files if complete.all() else None
 
 
-def generative_eval_checkpoint(config, workdir: str, step: int | None = None) -> dict[str, float]:
-    """Samples a generator checkpoint (`config.sample.num_per_class` per class; skipped when this
-    step's samples exist and match) and writes gFID/IS/PR to
+def generative_eval_checkpoint(config, workdir: str, step: int | None = None, *, export_dir: str | None = None,
+                               compute_dtype: str | None = None) -> dict[str, float]:
+    """Samples a generator checkpoint, or `export_dir` (`config.sample.num_per_class` per class;
+    skipped when this step's samples exist and match) and writes gFID/IS/PR to
     <workdir>/eval/step_XXXXXXXXX/generation_metrics.json (process 0, atomically).
 
     Reads config.eval.inception_weights, config.eval.reference_stats, config.eval.global_batch_size
@@ -531,13 +533,17 @@ def generative_eval_checkpoint(config, workdir: str, step: int | None = None) ->
     inception_weights = config.eval.inception_weights
     reference_npz = config.eval.get("reference_stats", "")
     check_eval_files(inception_weights, reference_npz)  # before minutes of sampling
-    step = _latest_step(config, workdir) if step is None else step
+    if export_dir:
+        step = int(inference.read_export_json(export_dir, inference.EXPORT_META_FILE).get("step", 0))
+    elif step is None:
+        step = _latest_step(config, workdir)
     sample_dir = os.path.join(workdir, "samples", f"step_{step:09d}")
     files = _existing_samples(sample_dir, config)
     if files is None:
         from titok_var.tools import sample
 
-        sample_dir = sample.sample_checkpoint(config, workdir, step)
+        sample_dir = sample.sample_checkpoint(config, workdir, None if export_dir else step,
+                                              export_dir=export_dir, compute_dtype=compute_dtype)
         files = [os.path.join(sample_dir, f"samples_p{jax.process_index():03d}.npz")]
     else:
         logging.info("evaluating the existing samples in %s", sample_dir)
@@ -549,6 +555,7 @@ def generative_eval_checkpoint(config, workdir: str, step: int | None = None) ->
         os.makedirs(out_dir, exist_ok=True)
         tmp = os.path.join(out_dir, METRICS_FILENAME + ".tmp")
         with open(tmp, "w") as f:
-            json.dump({"step": step, "reference_stats": reference_npz, **metrics}, f, indent=2, sort_keys=True)
+            json.dump({"step": step, "reference_stats": reference_npz, "export_dir": export_dir or "", **metrics},
+                      f, indent=2, sort_keys=True)
         os.replace(tmp, os.path.join(out_dir, METRICS_FILENAME))
     return metrics

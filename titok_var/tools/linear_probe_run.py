@@ -14,7 +14,7 @@ from absl import logging
 
 from titok_var.data import builder, pipeline
 from titok_var.evaluation import linear_probe
-from titok_var.training import evaluation, trainer
+from titok_var.training import inference
 
 PROBED_MODELS = ("titok", "titok_stage1", "titok_stage2")
 
@@ -28,7 +28,9 @@ def _features(feature_fn, config, split: str, limit: int | None):
     return linear_probe.extract_features(feature_fn, batches), source.num_classes
 
 
-def probe_checkpoint(config, workdir: str, step: int | None = None) -> dict:
+def probe_checkpoint(config, workdir: str, step: int | None = None, *, export_dir: str | None = None,
+                     compute_dtype: str | None = None) -> dict:
+    """Linear probing of the frozen encoder of a checkpoint or an export; metrics into `workdir`."""
     if config.model_name not in PROBED_MODELS:
         raise ValueError(f"linear probing needs a TiTok tokenizer config, got model_name {config.model_name!r}")
     probe_settings = config.get("probe", {})
@@ -36,9 +38,10 @@ def probe_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     train_limit = probe_settings.get("num_train_examples", None)
     probe_config = linear_probe.ProbeConfig.from_config(
         {k: v for k, v in dict(probe_settings).items() if k not in ("reduction", "num_train_examples")})
-    exp = trainer.build_experiment(config, workdir)
-    state, step = trainer.restore_checkpoint(exp, workdir, step, "probe")
-    params = jax.device_get(evaluation.eval_params(state, config))
+    loaded = inference.load_inference_params(config, workdir, step=step, export_dir=export_dir, purpose="probe",
+                                             compute_dtype=compute_dtype)
+    exp, step = loaded.exp, loaded.step
+    params = jax.device_get(loaded.params)
     feature_fn = linear_probe.titok_feature_fn(exp.task.model, {"params": params}, reduction)
     (train_x, train_y), num_classes = _features(feature_fn, config, "train", train_limit)
     (eval_x, eval_y), _ = _features(feature_fn, config, "eval", config.eval.num_examples)

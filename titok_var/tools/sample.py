@@ -1,5 +1,6 @@
 """`main.py --mode sample`: class-balanced samples of a generator checkpoint as PNG grid and .npz.
 
+Samples a work dir's checkpoint or an export (`--export_dir`, e.g. imported released weights).
 Writes <workdir>/samples/step_<step>/{grid.png, samples_p<process>.npz}; the .npz holds uint8
 images `arr_0` (N, H, W, 3) (the ADM evaluation suite's layout) and `labels`. A fixed
 `sample.seed` gives the same images on any number of devices.
@@ -12,7 +13,8 @@ import numpy as np
 from absl import logging
 
 from titok_var.evaluation import image_grid
-from titok_var.training import evaluation, trainer
+from titok_var import registry
+from titok_var.training import inference
 
 
 def class_balanced_labels(num_classes: int, num_per_class: int) -> np.ndarray:
@@ -25,18 +27,20 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def sample_checkpoint(config, workdir: str, step: int | None = None, devices=None) -> str:
-    exp = trainer.build_experiment(config, workdir, devices)
-    task = exp.task
-    if not hasattr(task, "sample"):
+def sample_checkpoint(config, workdir: str, step: int | None = None, devices=None, *,
+                      export_dir: str | None = None, compute_dtype: str | None = None) -> str:
+    """Samples the generator of `workdir`'s checkpoint, or of `export_dir`; writes into `workdir`."""
+    if not hasattr(registry.TASKS.get(config.model_name), "sample"):
         raise ValueError(f"model {config.model_name!r} is not a generator; --mode sample needs one")
-    state, step = trainer.restore_checkpoint(exp, workdir, step, "sample from")
+    loaded = inference.load_inference_params(config, workdir, step=step, export_dir=export_dir,
+                                             purpose="sample from", devices=devices, compute_dtype=compute_dtype)
+    exp, task, step, config = loaded.exp, loaded.exp.task, loaded.step, loaded.config
     settings = config.sample
     labels = class_balanced_labels(task.num_classes, settings.num_per_class)
     # Each process samples a contiguous slice; batches are keyed by their index, not the device count.
     mine = np.array_split(np.arange(len(labels)), jax.process_count())[jax.process_index()]
     with exp.context():
-        params = evaluation.eval_params(state, config)
+        params = loaded.params
         sample = jax.jit(task.sample)
         images = []
         batch = settings.global_batch_size

@@ -10,12 +10,17 @@ class (pure in-/out-painting); a class steers the generated region towards it.
   python -m titok_var.tools.var_edit --config configs/var_tiny.py --workdir runs/var_quickstart/var
       --image photo.png (--box 0.25,0.25,0.75,0.75 | --mask mask.png) [--outpaint] [--class_label 3]
 
-Writes <workdir>/edits/<image stem>_<mode>/{input.png, mask.png, edits.png, edits.npz}; mode is
-"inpaint" or "outpaint", with "_class<N>" appended for class-conditional edits.
+  python -m titok_var.tools.var_edit --config configs/var_d16.py --config.tokenizer.export_dir=exports/var_vqvae
+      --export_dir exports/var_d16 --workdir runs/edits --image photo.png --box 0,0,0.5,1
+
+Writes a new <workdir>/edits/<image stem>_<mode>_<NNN>/ (or --output_dir) with input.png, mask.png,
+edits.png, edits.npz and settings.json; mode is "inpaint" or "outpaint", with "_class<N>" appended
+for class-conditional edits. An export is only read.
 """
 
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 
@@ -32,7 +37,7 @@ from titok_var.generation.edit_masks import box_keep_mask, mask_from_image, per_
 from titok_var.generation.var_sampling import VarSamplingSettings, sample_scales
 from titok_var.tasks.var_generator import VarGeneratorTask
 from titok_var.tasks.var_tokenizer import split_token_maps
-from titok_var.training import evaluation, trainer
+from titok_var.training import inference
 
 # Pixels the VAR generates are shown as this grey in the "masked input" tile.
 MASKED_GREY = 0.5
@@ -55,7 +60,7 @@ def load_edit_image(image_path, image_size: int) -> np.ndarray:
     return eval_transform(read_image_file(image_path, "image to edit"), image_size)
 
 
-def load_mask_file(mask_path, finest: int, inpaint: bool) -> np.ndarray:
+def load_mask_file(mask_path, finest: int, inpaint: bool, image_size: int | None = None) -> np.ndarray:
     """(finest, finest) bool keep mask from a black-and-white mask image.
 
     White marks the region, as the box does: in-painting generates it, out-painting keeps it. The
@@ -63,12 +68,18 @@ def load_mask_file(mask_path, finest: int, inpaint: bool) -> np.ndarray:
     multiple of the finest token grid (see `edit_masks.mask_from_image`).
     """
     pixels = read_image_file(mask_path, "edit mask")
+    allowed = sorted({finest} | ({image_size} if image_size else set()))
+    if pixels.shape[0] != pixels.shape[1] or pixels.shape[0] not in allowed:
+        raise ValueError(
+            f"edit mask {str(mask_path)!r} is {pixels.shape[0]}x{pixels.shape[1]}; it must match the centre-cropped "
+            f"image ({image_size}x{image_size}) or the finest token grid ({finest}x{finest})")
     if not (np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])):
         raise ValueError(f"edit mask {str(mask_path)!r} must be black and white (grayscale), not colour")
     return mask_from_image(pixels[..., 0], finest, invert=inpaint)
 
 
-def edit_keep_mask(patch_nums, *, box=None, mask_path=None, inpaint: bool = True) -> np.ndarray:
+def edit_keep_mask(patch_nums, *, box=None, mask_path=None, inpaint: bool = True,
+                   image_size: int | None = None) -> np.ndarray:
     """(finest, finest) bool keep mask (True = keep the image's token) from a box or a mask file.
 
     box (y0, x0, y1, x1) holds fractions in [0, 1] of the image; in-painting generates inside it,
@@ -78,8 +89,19 @@ def edit_keep_mask(patch_nums, *, box=None, mask_path=None, inpaint: bool = True
         raise ValueError("give exactly one of box=(y0, x0, y1, x1) and mask_path")
     patch_nums = tuple(int(p) for p in patch_nums)
     if box is not None:
-        return box_keep_mask(patch_nums, tuple(box), inpainting=inpaint)
-    return load_mask_file(mask_path, patch_nums[-1], inpaint)
+        keep = box_keep_mask(patch_nums, tuple(box), inpainting=inpaint)
+        what = f"box {tuple(box)}"
+    else:
+        keep = load_mask_file(mask_path, patch_nums[-1], inpaint, image_size)
+        what = f"mask {str(mask_path)!r}"
+    n = patch_nums[-1]
+    if keep.all():
+        raise ValueError(f"the {what} leaves no token of the {n}x{n} grid to generate "
+                         f"({'it covers no token' if inpaint else 'it covers the whole image'}); nothing would change")
+    if not keep.any():
+        raise ValueError(f"the {what} keeps no token of the {n}x{n} grid "
+                         f"({'it covers the whole image' if inpaint else 'it covers no token'}); that is plain sampling")
+    return keep
 
 
 def edit_labels(class_label: int | None, num_classes: int, num_samples: int) -> np.ndarray:
@@ -87,19 +109,28 @@ def edit_labels(class_label: int | None, num_classes: int, num_samples: int) -> 
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     if class_label is None:
-        class_label = num_classes
-    elif not 0 <= int(class_label) < num_classes:
-        raise ValueError(f"class_label must be in [0, {num_classes}) (or None for the null class), got {class_label}")
+        class_label = num_classes  # the null class, as the official demo's label num_classes
+    elif not 0 <= int(class_label) <= num_classes:
+        raise ValueError(f"class_label must be a class in [0, {num_classes}), or {num_classes} (or omitted) for "
+                         f"plain in-/out-painting with the null class; got {class_label}")
     return np.full((num_samples,), int(class_label), np.int32)
 
 
 def override_settings(settings: VarSamplingSettings, *, cfg=None, top_k=None, top_p=None,
-                      more_smooth=None) -> VarSamplingSettings:
-    """The config's sampling settings with the given (non-None) values replaced."""
+                      more_smooth=None, vocab_size: int | None = None) -> VarSamplingSettings:
+    """The config's sampling settings with the given (non-None) values replaced, range-checked."""
     changes = {"cfg": None if cfg is None else float(cfg), "top_k": None if top_k is None else int(top_k),
                "top_p": None if top_p is None else float(top_p),
                "more_smooth": None if more_smooth is None else bool(more_smooth)}
-    return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    if settings.cfg < 0:
+        raise ValueError(f"cfg must be >= 0, got {settings.cfg}")
+    if settings.top_k < 0 or (vocab_size is not None and settings.top_k > vocab_size):
+        raise ValueError(f"top_k must be in [0, {vocab_size}] (0 = off; the codebook has {vocab_size} codes), "
+                         f"got {settings.top_k}")
+    if not 0.0 <= settings.top_p <= 1.0:
+        raise ValueError(f"top_p must be in [0, 1] (0 or 1 = off), got {settings.top_p}")
+    return settings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,44 +206,61 @@ def write_edit_outputs(out_dir: str, image: np.ndarray, keep_mask: np.ndarray, e
 # the command
 
 
+def edit_output_dir(workdir: str, image_path, mode: str) -> str:
+    """<workdir>/edits/<image stem>_<mode>_<NNN>: a new folder per run, so no edit replaces another."""
+    base = os.path.join(workdir, "edits", f"{pathlib.Path(image_path).stem}_{mode}")
+    run = 1
+    while os.path.exists(f"{base}_{run:03d}"):
+        run += 1
+    return f"{base}_{run:03d}"
+
+
 def edit_image(config, workdir: str, image_path, *, box=None, mask_path=None, inpaint: bool = True,
                class_label: int | None = None, num_samples: int = 4, seed: int = 0, step: int | None = None,
-               cfg=None, top_k=None, top_p=None, more_smooth=None, devices=None) -> str:
-    """Edits an image with a VAR checkpoint of `workdir`; returns the folder of the outputs.
+               cfg=None, top_k=None, top_p=None, more_smooth=None, devices=None, export_dir: str | None = None,
+               output_dir: str | None = None, compute_dtype: str | None = None) -> str:
+    """Edits an image with the VAR of `workdir`'s checkpoint, or of `export_dir` (released weights
+    imported, or a trained export: only read); returns the folder of the outputs, by default a new
+    <workdir>/edits/<image stem>_<mode>_<NNN> (settings.json records what made it).
 
     cfg, top_k, top_p, more_smooth default to `config.sampling`; devices to all of them."""
     if config.model_name != "var":
         raise ValueError(f"zero-shot editing needs a VAR generator config (model_name 'var'), got {config.model_name!r}")
     # Every input is checked before the models load.
     pixels = read_image_file(image_path, "image to edit")
-    keep_mask = edit_keep_mask(config.model.patch_nums, box=box, mask_path=mask_path, inpaint=inpaint)
     labels = edit_labels(class_label, int(config.model.num_classes), num_samples)
+    settings = override_settings(VarSamplingSettings(**dict(config.sampling)), cfg=cfg, top_k=top_k, top_p=top_p,
+                                 more_smooth=more_smooth, vocab_size=int(config.model.vocab_size))
+    if output_dir and os.path.exists(os.path.join(output_dir, "edits.npz")):
+        raise FileExistsError(f"{output_dir} already holds edits; choose another --output_dir")
+    vqvae_config = inference.read_export_json(config.tokenizer.export_dir, inference.EXPORT_CONFIG_FILE)
+    image_size = int(vqvae_config["data"]["image_size"])  # masks are drawn on the centre crop it encodes (= the model's)
+    keep_mask = edit_keep_mask(config.model.patch_nums, box=box, mask_path=mask_path, inpaint=inpaint,
+                               image_size=image_size)
 
-    exp = trainer.build_experiment(config, workdir, devices)
-    task = exp.task
-    settings = override_settings(task.settings, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+    loaded = inference.load_inference_params(config, workdir, step=step, export_dir=export_dir,
+                                             purpose="edit with", devices=devices, compute_dtype=compute_dtype)
+    exp, task = loaded.exp, loaded.exp.task
     vq_task, vq_params, _ = task._vqvae
     image = eval_transform(pixels, vq_task.model.image_size)
     image_tokens = np.asarray(jax.jit(vq_task.encode_tokens)(vq_params, image[None]))[0]
-
-    checkpointer = trainer.open_checkpointer(config, workdir)
-    try:
-        step = checkpointer.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no VAR checkpoint to edit with in {checkpointer.directory}")
-        with exp.context():
-            state = trainer.restore_or_create(exp, checkpointer, step)
-            params = evaluation.eval_params(state, config)
-            tokens, f_hat = edit_tokens(task, params, image_tokens, keep_mask, labels, jax.random.key(seed), settings)
-    finally:
-        checkpointer.close()
+    with exp.context():
+        tokens, f_hat = edit_tokens(task, loaded.params, image_tokens, keep_mask, labels, jax.random.key(seed),
+                                    settings)
     edits = task.decode_samples(f_hat)
 
-    out_dir = os.path.join(workdir, "edits", f"{pathlib.Path(image_path).stem}_{edit_mode(inpaint, class_label)}")
+    out_dir = output_dir or edit_output_dir(workdir, image_path, edit_mode(inpaint, class_label))
     if jax.process_index() == 0:
         write_edit_outputs(out_dir, image, keep_mask, edits, tokens=jax.device_get(tokens),
                            image_tokens=image_tokens, labels=labels)
-        logging.info("wrote %d edits of %s (step %d) to %s", num_samples, image_path, step, out_dir)
+        record = {"image": os.path.abspath(image_path), "box": list(box) if box is not None else None,
+                  "mask": os.path.abspath(mask_path) if mask_path else None, "inpaint": inpaint,
+                  "class_label": class_label, "num_samples": num_samples, "seed": seed,
+                  "sampling": dataclasses.asdict(settings), "weights": loaded.source}
+        with open(os.path.join(out_dir, "settings.json.tmp"), "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(os.path.join(out_dir, "settings.json.tmp"), os.path.join(out_dir, "settings.json"))
+        logging.info("wrote %d edits of %s (%s) to %s", num_samples, image_path, loaded.source, out_dir)
     return out_dir
 
 
@@ -233,12 +281,15 @@ def define_flags() -> dict:
     pretokenize, which also owns --config) registers nothing."""
     return dict(
         config=config_flags.DEFINE_config_file("config", None, "VAR generator config."),
-        workdir=flags.DEFINE_string("workdir", None, "Work dir holding the VAR checkpoints."),
+        workdir=flags.DEFINE_string("workdir", None, "Work dir: its checkpoints (unless --export_dir) and the outputs."),
+        export_dir=flags.DEFINE_string("export_dir", None, "Edit with this export (e.g. imported released VAR weights)."),
+        output_dir=flags.DEFINE_string("output_dir", None, "Output folder (default: a new <workdir>/edits/<image>_<mode>_NNN)."),
         image=flags.DEFINE_string("image", None, "Image to edit."),
         box=flags.DEFINE_string("box", None, "Region y0,x0,y1,x1 as fractions of the centre-cropped image."),
         mask=flags.DEFINE_string("mask", None, "Black-and-white mask image; white marks the region."),
         outpaint=flags.DEFINE_bool("outpaint", False, "Keep the region and generate the rest."),
-        class_label=flags.DEFINE_integer("class_label", None, "Class to steer the edit to (default: null class)."),
+        class_label=flags.DEFINE_integer("class_label", None, "Class to steer the edit to (omit, or num_classes as in "
+                                         "the official demo, for plain in-/out-painting)."),
         num_samples=flags.DEFINE_integer("num_samples", 4, "Edits to sample."),
         seed=flags.DEFINE_integer("seed", 0, "Sampling seed."),
         step=flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest)."),
@@ -258,7 +309,7 @@ def run_from_flags(values: dict) -> str:
         v["config"], v["workdir"], v["image"], box=None if v["box"] is None else parse_box(v["box"]),
         mask_path=v["mask"], inpaint=not v["outpaint"], class_label=v["class_label"],
         num_samples=v["num_samples"], seed=v["seed"], step=v["step"], cfg=v["cfg"], top_k=v["top_k"],
-        top_p=v["top_p"], more_smooth=v["more_smooth"])
+        top_p=v["top_p"], more_smooth=v["more_smooth"], export_dir=v["export_dir"], output_dir=v["output_dir"])
 
 
 if __name__ == "__main__":

@@ -128,6 +128,21 @@ def _apply_overrides(state: TrainState, overrides: dict, tx, layout: StateLayout
 
 
 
+def initial_task_state(task, config, mesh: Mesh, rules, layout: StateLayout):
+    """The task state a fresh run starts with (frozen helpers loaded), placed replicated; None for
+    tasks without one. Inference from an export uses it where eval needs a helper network."""
+    if not hasattr(task, "init_task_state"):
+        return None
+    overrides = task.initial_overrides() if hasattr(task, "initial_overrides") else None
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        seed_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+        task_state = jax.jit(init_task_state(task), out_shardings=layout.shardings.task_state)(seed_key)
+        if overrides and overrides.get("task_state"):
+            task_state = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s),
+                                      overlay(task_state, overrides["task_state"]), layout.shardings.task_state)
+    return task_state
+
+
 def init_task_state(task):
     """rng -> the task's auxiliary state (None for tasks without one), as plain arrays: helper
     networks' partitioning boxes are dropped (the task state is replicated)."""

@@ -10,10 +10,11 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from titok_var import registry
-from titok_var.checkpointing.manager import Checkpointer, config_to_json
+from titok_var.checkpointing.manager import CHECKPOINT_DIR, Checkpointer, config_to_json
 from titok_var.data import pipeline
 from titok_var.sharding import mesh as mesh_lib
 from titok_var.sharding import rules as rules_lib
@@ -229,7 +230,11 @@ def train(config, workdir: str, *, devices=None, step_callback: Callable | None 
 
 def restore_checkpoint(exp: Experiment, workdir: str, step: int | None = None, purpose: str = "restore"):
     """(state, step): the newest (or given) checkpoint of `workdir` on the experiment's mesh; a work
-    dir without one raises FileNotFoundError saying what it was wanted for."""
+    dir without one raises FileNotFoundError saying what it was wanted for (and creates nothing)."""
+    directory = epath.Path(workdir) / CHECKPOINT_DIR
+    if not directory.is_dir():
+        hint = " (it is an export: pass it as --export_dir)" if (epath.Path(workdir) / "export.json").exists() else ""
+        raise FileNotFoundError(f"no checkpoint to {purpose}: {directory} does not exist{hint}")
     checkpointer = open_checkpointer(exp.config, workdir)
     try:
         step = checkpointer.latest_step() if step is None else step
@@ -240,19 +245,6 @@ def restore_checkpoint(exp: Experiment, workdir: str, step: int | None = None, p
     finally:
         checkpointer.close()
     return state, step
-
-
-def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=None) -> dict:
-    """Evaluates the newest (or given) checkpoint of `workdir`, writing metrics and a grid."""
-    exp = build_experiment(config, workdir, devices)
-    state, step = restore_checkpoint(exp, workdir, step, "evaluate")
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    with exp.context():
-        metrics, rows = evaluation.evaluate(
-            exp.task, evaluation.eval_params(state, config), exp.layout.shardings.params, config, exp.mesh,
-            task_state=state.task_state)
-        evaluation.write_eval_outputs(workdir, step, metrics, rows, writer)
-    return metrics
 
 
 def _flat_config(config, prefix=""):

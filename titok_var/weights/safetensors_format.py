@@ -66,6 +66,8 @@ def load(path: str) -> dict[str, np.ndarray]:
 
 def _to_bytes(array: np.ndarray, dtype: str | None) -> tuple[bytes, str]:
     array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        dtype = None  # a cast applies to floating-point tensors; integer buffers keep their type
     if dtype == "bfloat16":
         bits = np.ascontiguousarray(array, np.float32).view(np.uint32)
         return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes(), "BF16"

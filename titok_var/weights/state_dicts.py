@@ -74,7 +74,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def write_state_dict(arrays: Mapping[str, np.ndarray], path: str, dtype: str | None = None) -> str:
-    """Writes {torch key: array} in the format named by `path`'s extension, atomically."""
+    """Writes {torch key: array} in the format named by `path`'s extension, atomically; `dtype`
+    casts the floating-point tensors."""
     path = os.fspath(path)
     if path.endswith(".safetensors"):
         return safetensors_format.save(arrays, path, dtype)
@@ -84,7 +85,8 @@ def write_state_dict(arrays: Mapping[str, np.ndarray], path: str, dtype: str | N
         if dtype == "bfloat16":
             raise ValueError(".npz cannot hold bfloat16; write .safetensors or .bin")
         tmp = path[: -len(".npz")] + ".tmp.npz"
-        np.savez(tmp, **{k: np.asarray(v) if dtype is None else np.asarray(v, dtype) for k, v in arrays.items()})
+        np.savez(tmp, **{k: np.asarray(v) if dtype is None or not np.issubdtype(np.asarray(v).dtype, np.floating)
+                         else np.asarray(v, dtype) for k, v in arrays.items()})
         os.replace(tmp, path)
         return path
     raise ValueError(f"unknown weights format for {path!r}: use .safetensors, .bin / .pth or .npz")

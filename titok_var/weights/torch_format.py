@@ -335,6 +335,8 @@ def load(path: str) -> object:
 
 def _to_storage(array: np.ndarray, dtype: str | None) -> tuple[bytes, str]:
     array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        dtype = None  # a cast applies to floating-point tensors; integer buffers keep their type
     if dtype == "bfloat16" or (dtype is None and array.dtype.name == "bfloat16"):
         bits = np.ascontiguousarray(array, np.float32).view(np.uint32)
         rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")  # round to nearest even
