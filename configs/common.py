@@ -96,6 +96,9 @@ def train_config(**overrides):
             profile_first_step=0,
             profile_num_steps=0,
             data_workers=16,
+            # Fine-tuning: start from an export's parameters (e.g. released weights imported with
+            # `main.py --mode import`); a work dir that already has a checkpoint resumes from it instead.
+            init_from_export="",
         )
     )
     config.update(overrides)
@@ -115,7 +118,7 @@ def data_config(**overrides):
     config = ml_collections.ConfigDict(
         dict(
             name="imagenet2012",
-            data_dir=None,
+            data_dir=ml_collections.config_dict.placeholder(str),  # None, yet settable from the command line
             train_split="train",
             eval_split="validation",
             image_size=256,

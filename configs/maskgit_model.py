@@ -82,7 +82,11 @@ def generator_config(variant: str, arg=None):
     config.train = common.train_config(num_steps=500_000, global_batch_size=2048, ema_decay=0.999)
     config.eval = common.eval_config(global_batch_size=256, num_examples=10_000, grid_images=16, seed=0)
     if common.parse_arg(arg, runlocal=False).runlocal:
-        config.model.update(hidden_size=64, depth=2, num_heads=4, mlp_dim=128, dtype="float32")
+        # Over the `titok_*.py:stage2,runlocal` tokenizer (32 px shapes, 16 classes).
+        config.model.update(hidden_size=64, depth=2, num_heads=4, mlp_dim=128, dtype="float32", num_classes=16)
+        config.tokenizer.update(batch_size=16)
+        config.tokenizer.image_data.update(name="shapes", image_size=32, shapes_num_train=256, shapes_num_eval=64)
+        config.sample.update(num_per_class=2, global_batch_size=16, grid_per_class=2)
         config.train.update(num_steps=4, global_batch_size=8)
         config.eval.update(global_batch_size=8, num_examples=16)
     return config

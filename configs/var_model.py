@@ -126,7 +126,15 @@ def var_config(depth: int, arg=None):
     if depth >= 30:
         config.mesh.update(data=-1, fsdp=8)  # FSDP so d30/d36 fit with optimizer state
     if args.runlocal:
-        config.model.update(depth=2, width=64, num_heads=2, dtype="float32")
+        # A VAR over the `var_vqvae.py:runlocal` tokenizer (256 codes of 8 dims, scales 1-8, 32 px
+        # shapes), so the smoke configs chain: VQVAE -> export -> pre-tokenize -> VAR -> sample / edit.
+        config.model.update(depth=2, width=64, num_heads=2, dtype="float32", num_classes=16, vocab_size=256,
+                            vae_channels=8, patch_nums=(1, 2, 4, 8), shared_adaln=False)
+        config.tokenizer.update(export_dir="exports/var_vqvae_runlocal", batch_size=16)
+        config.tokenizer.image_data.update(name="shapes", image_size=32, shapes_num_train=256, shapes_num_eval=64)
+        config.data.update(data_dir="tokens/var_runlocal")
+        config.sample.update(num_per_class=2, global_batch_size=16, grid_per_class=2)
+        config.sampling.top_k = 100  # of the 256 codes (the paper's 900 of 4096)
         config.train.update(num_steps=20, global_batch_size=8, log_every_steps=5, eval_every_steps=10,
                             checkpoint_every_steps=10, data_workers=2)
         config.eval.update(global_batch_size=8, num_examples=32, grid_images=4)

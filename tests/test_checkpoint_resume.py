@@ -9,7 +9,7 @@ import pytest
 
 from titok_var.checkpointing.manager import CheckpointMismatchError
 from titok_var.data.builder import build_source
-from titok_var.training import trainer
+from titok_var.training import inference, trainer
 from tests.helpers import tiny_titok_config
 
 
@@ -72,7 +72,7 @@ def test_checkpoint_of_another_shape_names_the_parameter(tmp_path):
     renamed.model_name = "titok"
     renamed.model.codebook_size = 32
     with pytest.raises(CheckpointMismatchError, match=r"quantize/codebook has shape \(64, 8\)"):
-        trainer.evaluate_checkpoint(renamed, str(tmp_path))
+        inference.evaluate(renamed, str(tmp_path))
 
 
 def test_nonfinite_loss_stops_with_the_step(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from titok_var.tools import export
 from titok_var.tools.convert_var import save_params
-from titok_var.training import trainer
+from titok_var.training import inference, trainer
 from tests.helpers import tiny_titok_config, tiny_var_vqvae_config
 
 
@@ -23,7 +23,7 @@ def test_imported_weights_load_and_evaluate(tmp_path):
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(loaded))):
         np.testing.assert_array_equal(a, b)
     assert loaded_config.model_name == "var_vqvae"
-    metrics = export.evaluate_export(config, export_dir, str(tmp_path / "eval_work"))
+    metrics = inference.evaluate(config, str(tmp_path / "eval_work"), export_dir=export_dir)
     saved = json.loads((tmp_path / "eval_work" / "eval" / "step_000000000" / "metrics.json").read_text())
     assert saved["psnr"] == pytest.approx(metrics["psnr"]) and metrics["num_examples"] == 32
 

@@ -5,7 +5,7 @@ import numpy as np
 from titok_var.data import builder
 from titok_var.evaluation import fid, inception
 from titok_var.tools import convert_inception
-from titok_var.training import trainer
+from titok_var.training import inference, trainer
 from tests.helpers import tiny_titok_config
 
 
@@ -14,7 +14,7 @@ def test_eval_reports_rfid_equal_to_a_direct_computation(tmp_path):
     config = tiny_titok_config(num_steps=2, checkpoint_every_steps=2)
     config.eval.update(num_examples=12, global_batch_size=8, inception_weights=weights)
     trainer.train(config, str(tmp_path / "work"))
-    metrics = trainer.evaluate_checkpoint(config, str(tmp_path / "work"))
+    metrics = inference.evaluate(config, str(tmp_path / "work"))
 
     # Independent path: the same 12 eval images and their reconstructions, one Inception call.
     exp = trainer.build_experiment(config, str(tmp_path / "work"))

@@ -14,7 +14,7 @@ from titok_var.generation.var_sampling import sample_scales
 from titok_var.models.var import VAR
 from titok_var.tasks.var_tokenizer import split_token_maps
 from titok_var.tools import sample
-from titok_var.training import data_feed, state_init, trainer
+from titok_var.training import data_feed, inference, state_init, trainer
 from tests.test_generator_quality import dominant_colour
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_loss_falls_clearly(setup):
 
 def test_eval_reports_per_scale_loss_and_accuracy(setup):
     config, result, workdir = setup
-    metrics = trainer.evaluate_checkpoint(config, workdir)
+    metrics = inference.evaluate(config, workdir)
     for pn in (1, 2, 4):
         assert 0 <= metrics[f"accuracy_scale_{pn}x{pn}"] <= 1 and metrics[f"loss_scale_{pn}x{pn}"] > 0
     assert metrics["last_scale_loss"] == metrics["loss_scale_4x4"] and metrics["num_examples"] == 16

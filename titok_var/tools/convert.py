@@ -23,6 +23,7 @@ input file name, the written file and its parameter count, one record per writte
 import argparse
 import dataclasses
 import importlib
+import importlib.util
 import json
 import os
 import zipfile
@@ -117,6 +118,42 @@ def count_parameters(npz_path: str) -> int:
                 shape, _, _ = read_header(f)
             total += int(np.prod(shape))
     return total
+
+
+def load_config_file(spec: str):
+    """`path/to/config.py[:arg]` -> its get_config(arg), as `main.py --config` reads it."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location("_titok_var_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def convert_for_config(arch: str, input_path: str, output_dir: str, config_spec: str) -> dict:
+    """Converts `input_path` for the model of a config (e.g. `configs/titok_l32.py:stage2,runlocal`,
+    a narrower model in the official layout) instead of the released one."""
+    from titok_var import registry
+    from titok_var.tools import official_layout
+    from titok_var.tools.convert_var import save_params
+
+    _require_file(input_path, "input file", arch)
+    config = load_config_file(config_spec)
+    if arch == "maskgit_vqgan":  # the frozen proxy-code VQGAN of a TiTok stage-1 config
+        from titok_var.models.maskgit_vqgan import PIXEL_DECODER_PRESETS, MaskGitVQGAN
+
+        model = MaskGitVQGAN(**PIXEL_DECODER_PRESETS[config.proxy.preset])
+    else:
+        model = registry.get_task(config).model
+    params = official_layout.from_official(arch, state_dicts.read_state_dict(input_path), model)
+    os.makedirs(output_dir, exist_ok=True)
+    written = save_params(params, os.path.join(output_dir, f"{arch}.npz"))
+    record = {"arch": arch, "input": os.path.basename(input_path), "output": os.path.basename(written),
+              "parameters": count_parameters(written), "converter": "titok_var.tools.official_layout",
+              "config": config_spec}
+    _add_record(output_dir, record)
+    return record
 
 
 def convert(arch: str, input_path: str, output_dir: str, lin: str | None = None) -> dict:
@@ -220,6 +257,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", required=True, help="directory for the converted .npz and convert.json "
                                                         "(--to_official: the official file to write)")
     parser.add_argument("--lin", default=None, help="lpips only: the LPIPS lin heads (vgg.pth)")
+    parser.add_argument("--config", default=None,
+                        help="convert for the model of this config file (path.py[:arg]) instead of the released one")
     parser.add_argument("--to_official", action="store_true",
                         help="the other way: our weights (--export_dir, or a converted .npz as --input) -> the "
                              "official state dict in --output FILE (.safetensors, .bin/.pth or .npz)")
@@ -235,6 +274,10 @@ def main(argv=None) -> dict:
         return record
     if args.input is None:
         parser.error("--input is required (the released checkpoint)")
+    if args.config:
+        record = convert_for_config(args.arch, args.input, args.output, args.config)
+        print(f"{args.arch}: {record['parameters']:,} parameters -> {os.path.join(args.output, record['output'])}")
+        return record
     record = convert(args.arch, args.input, args.output, args.lin)
     print(f"{args.arch}: {record['parameters']:,} parameters -> {os.path.join(args.output, record['output'])}")
     return record

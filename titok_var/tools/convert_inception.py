@@ -4,7 +4,7 @@ The weights are the TF `inception-2015-12-05` graph as ported by pytorch-fid, re
 
     https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
 
-Usage (reading a .pth needs torch, on any machine; the .npz it writes needs only numpy):
+Usage (the .pth, a legacy-format torch file, is read with numpy alone, no torch):
 
     python -m titok_var.tools.convert_inception \\
         --input pt_inception-2015-12-05-6726825d.pth --output fid_inception.npz
@@ -181,11 +181,10 @@ def _missing_weights_message(path: str) -> str:
     return (
         f"FID Inception weights not found at {path!r}. Download the pytorch-fid weights\n"
         f"  {FID_WEIGHTS_URL}\n"
-        "and convert them once (reading the .pth needs torch, on any machine):\n"
+        "and convert them once (no torch needed):\n"
         "  python -m titok_var.tools.convert_inception "
         f"--input {FID_WEIGHTS_FILENAME} --output {path}\n"
-        "then copy the .npz here. Without torch, the converter also accepts an .npz of the torch "
-        "state dict (arrays keyed by the torch names)."
+        "(the converter also accepts a .safetensors or an .npz of the torch state dict)."
     )
 
 
@@ -227,7 +226,7 @@ def main(argv=None) -> None:
         description="Convert pytorch-fid's FID Inception weights to a titok_var .npz."
     )
     parser.add_argument(
-        "--input", required=True, help=f"{FID_WEIGHTS_FILENAME} (needs torch) or a torch-keyed .npz"
+        "--input", required=True, help=f"{FID_WEIGHTS_FILENAME} or a torch-keyed .npz"
     )
     parser.add_argument("--output", required=True, help="where to write the flat params .npz")
     args = parser.parse_args(argv)

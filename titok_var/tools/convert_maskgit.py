@@ -2,7 +2,7 @@
 `titok_var.models.maskgit` params.
 
 Released weights: `generator_titok_{l32,b64,s128}.bin` (HF `fun-research/TiTok`), torch state dicts.
-Usage (reading a .bin/.pth needs torch; a torch-keyed .npz needs numpy only):
+Usage (.bin/.pth, .safetensors and torch-keyed .npz are read with numpy alone, no torch):
 
     python -m titok_var.tools.convert_maskgit --variant L-32 --input generator_titok_l32.bin \
         --output maskgit_l32.npz

@@ -7,7 +7,7 @@ Two sources:
   `pixel_quantize.embedding.weight` -> `MaskGitVQGANDecoder` params (`convert_titok_pixel_decoder`);
   TiTok's own keys are left to the TiTok converter.
 
-Usage (a .bin/.pth needs torch to read; a torch-keyed .npz needs numpy only):
+Usage (.bin/.pth, .safetensors and torch-keyed .npz are read with numpy alone, no torch):
 
     python -m titok_var.tools.convert_maskgit_vqgan --input maskgit-vqgan-imagenet-f16-256.bin --output DIR
 

@@ -14,7 +14,7 @@ Files to fetch:
                                  lpips/weights/v0.1/vgg.pth holds the same keys)
     convnext_small-0c510722.pth  https://download.pytorch.org/models/convnext_small-0c510722.pth
 
-Usage (reading a .pth needs torch, on any machine; torch-keyed .npz inputs need numpy only):
+Usage (.pth, .safetensors and torch-keyed .npz are read with numpy alone, no torch):
 
     python -m titok_var.tools.convert_perceptual --arch lpips \\
         --input vgg16-397923af.pth --lin vgg.pth --output DIR
@@ -197,8 +197,7 @@ def fetch_instructions(arch: str, directory: str = "DIR") -> str:
         fetch = f"  {CONVNEXT_SMALL_NAME}  {CONVNEXT_SMALL_URL}  (torchvision convnext_small IMAGENET1K_V1)\n"
         convert = f"  {command} --arch convnext_s --input {CONVNEXT_SMALL_NAME} --output {directory}\n"
     return (
-        f"Fetch\n{fetch}and convert once (reading .pth needs torch, on any machine; a torch-keyed .npz "
-        f"needs numpy only):\n{convert}"
+        f"Fetch\n{fetch}and convert once (no torch needed; .safetensors and torch-keyed .npz work too):\n{convert}"
     )
 
 

@@ -11,7 +11,7 @@ Released weights (torch state dicts, EMA weights, all 256 px, patch 16):
   (`decoder.ffn.0` 1x1 conv + pixel shuffle + 3x3 `decoder.conv_out`).
 The VAE variants (`*_vae_c16`) have no quantizer here and are not supported.
 
-Usage (a .bin/.pth needs torch to read; .safetensors and torch-keyed .npz need numpy only):
+Usage (.bin/.pth, .safetensors and torch-keyed .npz are read with numpy alone, no torch):
 
     python -m titok_var.tools.convert_titok --variant titok_l32 --input tokenizer_titok_l32.bin --output DIR
 

@@ -2,7 +2,7 @@
 `titok_var.models.var_vqvae.VQVAE` params.
 
 The weights are released at https://huggingface.co/FoundationVision/var (`vae_ch160v4096z32.pth`,
-shared by every VAR model). Usage (reading a .pth needs torch; the .npz it writes needs numpy only):
+shared by every VAR model). Usage (the .pth is read with numpy alone, no torch):
 
     python -m titok_var.tools.convert_var --input vae_ch160v4096z32.pth --output var_vqvae.npz
 

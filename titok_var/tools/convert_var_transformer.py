@@ -2,7 +2,7 @@
 FoundationVision/VAR) into `titok_var.models.var.VAR` params.
 
 The weights are released at https://huggingface.co/FoundationVision/var (plain state dicts;
-d16-d30 at 256 px, d36 at 512 px with shared AdaLN). Usage (reading a .pth needs torch):
+d16-d30 at 256 px, d36 at 512 px with shared AdaLN). Usage (the .pth is read with numpy alone, no torch):
 
     python -m titok_var.tools.convert_var_transformer --depth 16 --input var_d16.pth --output weights/
     python -m titok_var.tools.convert_var_transformer --depth 36 --shared-adaln --input var_d36.pth --output weights/

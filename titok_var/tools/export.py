@@ -2,6 +2,7 @@
 
 import json
 import os
+import zipfile
 
 import flax.linen as nn
 import jax
@@ -51,19 +52,24 @@ def write_export(config, params, export_dir: str, meta: dict) -> str:
     return export_dir
 
 
-def import_converted(config, converted_npz: str, export_dir: str) -> str:
+def import_converted(config, converted_npz: str, export_dir: str, dtype: str = "float32") -> str:
     """Turns a converter's flat .npz ("a/b/c" keys, e.g. released weights from
     `python -m titok_var.tools.convert`) into an export of `config`'s model, so `load_exported`,
     pre-tokenization, sampling and `main.py --mode eval --export_dir` use it like a trained one.
-    Every parameter must be present with its shape; extra arrays are an error."""
+    Every parameter must be present with its shape; extra arrays are an error. The export records
+    `model.dtype = dtype` (float32 by default), so inference from it runs at that precision."""
     if not os.path.exists(converted_npz):
         raise FileNotFoundError(f"converted weights {converted_npz!r} not found (make them with "
                                 "`python -m titok_var.tools.convert --arch ... --output DIR`)")
     task = registry.get_task(config)
     expected = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
                 for path, leaf in jax.tree_util.tree_leaves_with_path(_abstract_params(task, config))}
-    with np.load(converted_npz) as data:
-        arrays = {k: np.asarray(data[k]) for k in data.files}
+    try:
+        with np.load(converted_npz, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{converted_npz} is not a converted-weights .npz ({type(e).__name__}: {e}); make one with "
+                         "`python -m titok_var.tools.convert --arch ... --input RELEASED_FILE --output DIR`") from e
     missing = sorted(set(expected) - set(arrays))
     unused = sorted(set(arrays) - set(expected))
     wrong = sorted(k for k in set(expected) & set(arrays) if tuple(arrays[k].shape) != tuple(expected[k].shape))
@@ -79,7 +85,11 @@ def import_converted(config, converted_npz: str, export_dir: str) -> str:
         for parent in parents:
             node = node.setdefault(parent, {})
         node[name] = arrays[key].astype(leaf.dtype)
-    return write_export(config, nested, export_dir, {"step": 0, "ema": False, "imported_from": os.path.abspath(converted_npz)})
+    if "dtype" in config.model:
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.model.dtype = dtype
+    return write_export(config, nested, export_dir, {"step": 0, "ema": False, "compute_dtype": dtype,
+                                                     "imported_from": os.path.abspath(converted_npz)})
 
 
 def _read_export_config(export_dir: str):

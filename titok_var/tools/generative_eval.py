@@ -68,7 +68,7 @@ def check_eval_files(inception_weights: str, reference_npz: str) -> None:
             "Download pt_inception-2015-12-05-6726825d.pth from "
             "https://github.com/mseitzer/pytorch-fid/releases/tag/fid_weights and convert it once with "
             "`python -m titok_var.tools.convert --arch inception_fid "
-            "--input pt_inception-2015-12-05-6726825d.pth --output DIR` (reading the .pth needs torch, on "
+            "--input pt_inception-2015-12-05-6726825d.pth --output DIR` (the .pth is read without torch, on "
             "any machine) and set config.eval.inception_weights=DIR/inception_fid.npz."
         )
     if not reference_npz or not os.path.exists(reference_npz):

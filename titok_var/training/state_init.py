@@ -84,12 +84,36 @@ def create_train_state(task, tx, config, mesh: Mesh, rules, layout: StateLayout)
     # Host-side loading (weight files, exports) runs outside the mesh: abstract inits of helper
     # models there must not meet the training mesh's activation constraints.
     overrides = task.initial_overrides() if hasattr(task, "initial_overrides") else None
+    if config.train.get("init_from_export"):
+        overrides = _with_export_params(config, overrides)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         seed_key = jax.device_put(jax.random.key(config.seed), NamedSharding(mesh, PartitionSpec()))
         state = jax.jit(init, out_shardings=layout.shardings)(seed_key)
         if overrides:
             state = _apply_overrides(state, overrides, tx, layout, use_ema)
         return state
+
+
+def _with_export_params(config, overrides):
+    """The task's warm-start values on top of every parameter of `train.init_from_export`."""
+    from titok_var.tools.export import load_exported_to_host  # tools sit above training
+
+    export_dir = config.train.init_from_export
+    _, params, export_config = load_exported_to_host(export_dir)
+    if export_config.model_name != config.model_name:
+        raise ValueError(f"train.init_from_export {export_dir} holds a {export_config.model_name!r} model, "
+                         f"this config trains a {config.model_name!r}")
+    overrides = dict(overrides or {})
+    task_params = overrides.get("params") or {}
+    overrides["params"] = _merge(params, task_params)
+    return overrides
+
+
+def _merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 def overlay(tree, partial, path: str = ""):
