@@ -45,6 +45,27 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_sigterm_right_after_a_checkpoint_step_reuses_it_and_stops_cleanly(tmp_path):
+    """With asynchronous checkpointing (the default), SIGTERM on a checkpoint step used to save the
+    same step twice (orbax StepAlreadyExistsError, exit status 1)."""
+    config = tiny_titok_config(num_steps=6, checkpoint_every_steps=2, log_every_steps=1)
+    config.train.async_checkpointing = True
+    result = trainer.train(config, str(tmp_path), step_callback=_sigterm_at(2))
+    assert result.preempted and int(result.state.step) == 2
+    assert sorted(os.listdir(os.path.join(tmp_path, "checkpoints"))) == ["2"]
+
+
+def test_a_state_made_non_finite_by_the_update_is_never_checkpointed(tmp_path):
+    """The loss of a step is computed before its update: an infinite learning rate keeps step 1's
+    loss finite but makes the updated parameters non-finite; no checkpoint of them is written."""
+    config = tiny_titok_config(num_steps=4, checkpoint_every_steps=1, log_every_steps=100)
+    config.optimizer.learning_rate = float("inf")
+    with pytest.raises(trainer.NonFiniteLossError,
+                       match="parameters or optimizer state became non-finite at step 1; .*checkpoint is step None"):
+        trainer.train(config, str(tmp_path))
+    assert os.listdir(os.path.join(tmp_path, "checkpoints")) == []
+
+
 def test_training_leaves_the_mean_image_plateau(tmp_path):
     """The collapsed model reconstructs every image as the mean image with one code per position."""
     config = tiny_titok_config(num_steps=300, checkpoint_every_steps=300, log_every_steps=50)

@@ -21,6 +21,16 @@ def test_probe_of_a_checkpoint_writes_metrics(tmp_path):
     saved = json.loads((tmp_path / "probe" / "step_000000002" / "metrics.json").read_text())
     assert saved["probe_top1"] == metrics["probe_top1"] and len(saved["history"]) == 2
 
+    # The same probe from an export of that checkpoint (EMA parameters, as the checkpoint's eval)
+    # gives the same numbers; the outputs go to the other work dir, the export is only read.
+    from titok_var.tools import export
+
+    export_dir = export.export_checkpoint(config, str(tmp_path), str(tmp_path / "export"))
+    from_export = linear_probe_run.probe_checkpoint(config, str(tmp_path / "probe_work"), export_dir=export_dir)
+    assert from_export == metrics
+    assert (tmp_path / "probe_work" / "probe" / "step_000000002" / "metrics.json").exists()
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "export.json", "params"]
+
 
 def test_probe_rejects_a_generator_config(tmp_path):
     from configs import maskgit_tiny

@@ -108,3 +108,39 @@ def test_broken_files_name_the_file_and_the_problem(tmp_path):
     torch_format.save({}, str(tmp_path / "no_tensors.pth"))
     with pytest.raises(state_dicts.NotAStateDictError, match="no_tensors.pth holds no state dict"):
         state_dicts.read_state_dict(str(tmp_path / "no_tensors.pth"))
+
+
+def test_conversions_of_bad_inputs_name_the_problem_and_write_nothing(tmp_path):
+    """A checkpoint of another architecture, a file that is not a checkpoint, a truncated one and
+    an unsafe pickle, through the convert CLI: a clear error, and no output folder."""
+    from titok_var.tools import convert
+
+    out = tmp_path / "out"
+    other = tmp_path / "var_d16.pth"  # a state dict of another model (the torch-written fixture)
+    other.write_bytes(open(os.path.join(FIXTURES, "state_dict_zip.pth"), "rb").read())
+    with pytest.raises(ValueError, match=r"var_d16.pth \(--arch var_d16\): state dict has no pos_1LC: not a VAR"):
+        convert.main(["--arch", "var_d16", "--input", str(other), "--output", str(out)])
+    text = tmp_path / "notes.bin"
+    text.write_text("hello\n")
+    with pytest.raises(ValueError, match="notes.bin is not a checkpoint"):
+        convert.main(["--arch", "titok_l32", "--input", str(text), "--output", str(out)])
+    truncated = tmp_path / "vae_ch160v4096z32.pth"
+    truncated.write_bytes(open(os.path.join(FIXTURES, "state_dict_zip.pth"), "rb").read()[:1500])
+    with pytest.raises(ValueError, match="vae_ch160v4096z32.pth"):
+        convert.main(["--arch", "var_vqvae", "--input", str(truncated), "--output", str(out)])
+    evil = tmp_path / "generator_titok_l32.bin"
+    _zip_with_pickle(evil, pickle.dumps({"w": _RunsCode()}, protocol=2))
+    with pytest.raises(torch_format.UnsafeCheckpointError, match="generator_titok_l32.bin"):
+        convert.main(["--arch", "maskgit_l32", "--input", str(evil), "--output", str(out)])
+    assert not out.exists()
+
+
+def test_import_of_a_file_that_is_not_converted_weights_names_it(tmp_path):
+    from tests.helpers import tiny_titok_config
+    from titok_var.tools import export
+
+    text = tmp_path / "weights.npz"
+    text.write_text("not an archive")
+    with pytest.raises(ValueError, match="weights.npz is not a converted-weights .npz"):
+        export.import_converted(tiny_titok_config(), str(text), str(tmp_path / "export"))
+    assert not (tmp_path / "export").exists()

@@ -21,6 +21,7 @@ input file name, the written file and its parameter count, one record per writte
 """
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -107,6 +108,28 @@ def _require_file(path: str, what: str, arch: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def _output_dir(output_dir: str):
+    """Creates `output_dir` for a conversion, and removes it again if the conversion fails and it
+    was new: a bad input leaves nothing behind."""
+    existed = os.path.isdir(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if not existed and not os.listdir(output_dir):
+            os.rmdir(output_dir)
+        raise
+
+
+def _naming_input(input_path: str, arch: str, error: Exception) -> Exception:
+    """The converter's error with the input file and arch in front, when it does not name them."""
+    message = str(error)
+    if input_path in message or os.path.basename(input_path) in message:
+        return error
+    return type(error)(f"{input_path} (--arch {arch}): {message}") if isinstance(error, ValueError) else error
+
+
 def count_parameters(npz_path: str) -> int:
     """Total size of the arrays of an uncompressed .npz, from their headers (no data is read)."""
     total = 0
@@ -146,9 +169,12 @@ def convert_for_config(arch: str, input_path: str, output_dir: str, config_spec:
         model = MaskGitVQGAN(**PIXEL_DECODER_PRESETS[config.proxy.preset])
     else:
         model = registry.get_task(config).model
-    params = official_layout.from_official(arch, state_dicts.read_state_dict(input_path), model)
-    os.makedirs(output_dir, exist_ok=True)
-    written = save_params(params, os.path.join(output_dir, f"{arch}.npz"))
+    try:
+        params = official_layout.from_official(arch, state_dicts.read_state_dict(input_path), model)
+    except ValueError as e:
+        raise _naming_input(input_path, arch, e) from e
+    with _output_dir(output_dir):
+        written = save_params(params, os.path.join(output_dir, f"{arch}.npz"))
     record = {"arch": arch, "input": os.path.basename(input_path), "output": os.path.basename(written),
               "parameters": count_parameters(written), "converter": "titok_var.tools.official_layout",
               "config": config_spec}
@@ -168,10 +194,13 @@ def convert(arch: str, input_path: str, output_dir: str, lin: str | None = None)
             raise ValueError(f"--lin (the LPIPS lin heads) only applies to --arch lpips, not {arch}")
         _require_file(lin, "LPIPS lin-heads file", arch)
         extra = ["--lin", os.fspath(lin)]
-    os.makedirs(output_dir, exist_ok=True)
     written = os.path.join(output_dir, spec.written or f"{arch}.npz")
     output = output_dir if spec.output_is_dir else written
-    returned = converter(arch).main([*spec.flags, "--input", input_path, "--output", output, *extra])
+    with _output_dir(output_dir):
+        try:
+            returned = converter(arch).main([*spec.flags, "--input", input_path, "--output", output, *extra])
+        except ValueError as e:
+            raise _naming_input(input_path, arch, e) from e
     if isinstance(returned, str):  # converters that choose the file name report it
         written = returned
     if not os.path.isfile(written):

@@ -6,6 +6,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
@@ -90,12 +91,20 @@ def make_train_step(task, tx, config) -> Callable:
             grad_norm=optax.tree.norm(grads),
             param_norm=optax.tree.norm(params),
             learning_rate=schedule(state.step),
+            # The loss is computed before the update: a finite loss can still leave NaN parameters
+            # or moments behind, and such a state must never be checkpointed.
+            state_is_finite=_all_finite((params, opt_state)),
         )
         new_state = state.replace(step=step, params=params, opt_state=opt_state, ema_params=ema_params,
                                   task_state=task_state)
         return new_state, metrics
 
     return train_step
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [leaf for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])) if leaves else jnp.array(True)
 
 
 def jit_train_step(exp: Experiment):
@@ -138,11 +147,14 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-def _first_nonfinite(pending: list[tuple[int, dict]]) -> tuple[int, float] | None:
-    losses = jax.device_get([metrics["loss"] for _, metrics in pending])
-    for (step, _), loss in zip(pending, losses):
+def _first_nonfinite(pending: list[tuple[int, dict]]) -> tuple[int, str] | None:
+    """(step, what) of the first step whose loss or updated state is not finite."""
+    fetched = jax.device_get([(metrics["loss"], metrics["state_is_finite"]) for _, metrics in pending])
+    for (step, _), (loss, state_ok) in zip(pending, fetched):
         if not np.isfinite(loss):
-            return step, float(loss)
+            return step, f"the loss became {float(loss)}"
+        if not state_ok:
+            return step, "the parameters or optimizer state became non-finite"
     return None
 
 
@@ -182,7 +194,7 @@ def train(config, workdir: str, *, devices=None, step_callback: Callable | None 
             if bad is not None:
                 checkpointer.wait()
                 raise NonFiniteLossError(
-                    f"loss became {bad[1]} at step {bad[0]}; training stopped. The last good checkpoint "
+                    f"{bad[1]} at step {bad[0]}; training stopped. The last good (finite) checkpoint "
                     f"is step {checkpointer.latest_step()} in {checkpointer.directory}"
                 )
 
@@ -195,10 +207,16 @@ def train(config, workdir: str, *, devices=None, step_callback: Callable | None 
             writer.write_scalars(step, scalars)
             pending.clear()
 
+        saved_step = start
+
         def save(step):
+            nonlocal saved_step
             if pending:
-                log_pending(step)
+                log_pending(step)  # raises before a non-finite state can be written
+            if step == saved_step:  # e.g. a preemption right after a checkpoint step
+                return
             checkpointer.save(state, dict(checkpoint_meta(config), data_position=step * train_config.global_batch_size))
+            saved_step = step
 
         for step in range(start + 1, total + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
