@@ -1,5 +1,6 @@
 """Checkpoints: SIGTERM saves and stops, resume continues exactly, mismatches are named, NaN stops."""
 
+import json
 import os
 import signal
 
@@ -35,6 +36,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path):
 
     resumed = trainer.train(config, workdir)
     assert not resumed.preempted
+    assert json.loads(open(os.path.join(workdir, trainer.STATUS_FILE)).read())["status"] == "complete"
     assert sorted(resumed.losses) == [3, 4, 5, 6]
     for step in (3, 4, 5, 6):
         np.testing.assert_allclose(resumed.losses[step], straight.losses[step], rtol=1e-6, atol=1e-7)
@@ -53,6 +55,8 @@ def test_sigterm_right_after_a_checkpoint_step_reuses_it_and_stops_cleanly(tmp_p
     result = trainer.train(config, str(tmp_path), step_callback=_sigterm_at(2))
     assert result.preempted and int(result.state.step) == 2
     assert sorted(os.listdir(os.path.join(tmp_path, "checkpoints"))) == ["2"]
+    status = json.loads((tmp_path / trainer.STATUS_FILE).read_text())
+    assert status == {"status": "preempted", "step": 2, "num_steps": 6}
 
 
 def test_a_state_made_non_finite_by_the_update_is_never_checkpointed(tmp_path):

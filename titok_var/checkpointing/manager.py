@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state: atomic, async, retained by count and period.
 
 Each step holds `state` (the TrainState, sharded arrays) and `meta` (JSON: model name, parameter
-shapes, data position, config) so a checkpoint of another model fails with a named parameter.
+shapes, data position, config) so a checkpoint of another model fails with a named parameter, and
+`checksums.json` (written once the step has committed) so a damaged file is named on restore.
 """
 
 import json
@@ -9,11 +10,15 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
+from titok_var.checkpointing import checksums
 from titok_var.training.train_state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"  # damaged steps are moved here, never deleted
 
 
 class CheckpointMismatchError(ValueError):
@@ -46,6 +51,8 @@ class Checkpointer:
 
     def __init__(self, workdir: str, *, keep: int = 3, keep_period: int = 0, async_save: bool = True):
         self.directory = epath.Path(workdir) / CHECKPOINT_DIR
+        self.async_save = async_save
+        self._unsealed: int | None = None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep if keep > 0 else None,
             keep_period=keep_period if keep_period > 0 else None,
@@ -60,14 +67,65 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    def step_dir(self, step: int) -> epath.Path:
+        return self.directory / str(step)
+
+    def describe(self, step: int) -> str:
+        return f"checkpoint step {step} in {self.directory}"
+
     def save(self, state: TrainState, meta: dict[str, Any], *, force: bool = True) -> bool:
         step = int(jax.device_get(state.step))
         meta = dict(meta, step=step, parameter_shapes=parameter_shapes(state.params))
-        return self.manager.save(
+        self._seal()  # the previous step has committed by now (orbax waits for it too)
+        saved = self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             force=force,
         )
+        if saved:
+            self._unsealed = step
+            if not self.async_save:
+                self._seal()
+        return saved
+
+    def _seal(self) -> None:
+        """Checksums of the newest saved step, once its asynchronous write has committed."""
+        if self._unsealed is None:
+            return
+        self.manager.wait_until_finished()
+        step, self._unsealed = self._unsealed, None
+        if jax.process_index() == 0 and self.step_dir(step).exists():
+            checksums.write(self.step_dir(step))
+
+    def verify(self, step: int) -> bool:
+        """Raises DamagedCheckpointError naming the file when `step` differs from what was written."""
+        return checksums.verify(self.step_dir(step), self.describe(step))
+
+    def newest_intact_step(self) -> int | None:
+        """The newest step whose files match their checksums. Damaged newer steps are moved aside
+        to <workdir>/damaged_checkpoints/ (never deleted), each with a warning naming it."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                self.verify(step)
+                return step
+            except checksums.DamagedCheckpointError as e:
+                logging.warning("skipping a damaged checkpoint: %s", e)
+                self._move_aside(step)
+        return None
+
+    def _move_aside(self, step: int) -> None:
+        aside = self.directory.parent / DAMAGED_DIR
+        if jax.process_index() == 0:
+            aside.mkdir(parents=True, exist_ok=True)
+            target = aside / str(step)
+            suffix = 1
+            while target.exists():
+                target, suffix = aside / f"{step}.{suffix}", suffix + 1
+            self.step_dir(step).rename(target)
+            logging.warning("moved the damaged checkpoint step %d to %s", step, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"moved damaged checkpoint {step}")
+        self.manager.reload()
 
     def read_meta(self, step: int) -> dict[str, Any]:
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -91,22 +149,35 @@ class Checkpointer:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
             )
-        meta = self.check_compatible(step, model_name, abstract_state.params)
+        self.verify(step)
+        try:
+            meta = self.check_compatible(step, model_name, abstract_state.params)
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # orbax / tensorstore errors on a damaged step without checksums
+            raise checksums.DamagedCheckpointError(
+                f"{self.describe(step)} cannot be read ({type(e).__name__}: {e}); folder {self.step_dir(step)}") from e
         target = jax.tree.map(
             lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
             abstract_state,
             shardings,
         )
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        )
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )
+        except Exception as e:
+            raise checksums.DamagedCheckpointError(
+                f"{self.describe(step)} cannot be restored ({type(e).__name__}: {e}); folder {self.step_dir(step)}") from e
         return restored["state"], meta
 
     def wait(self):
         self.manager.wait_until_finished()
+        self._seal()
 
     def close(self):
         self.manager.wait_until_finished()
+        self._seal()
         self.manager.close()
 
 

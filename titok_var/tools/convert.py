@@ -276,7 +276,7 @@ def export_to_official(arch: str, output: str, *, export_dir: str | None = None,
             "dtype": dtype}
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog="known archs: " + ", ".join(ARCHS)
     )
@@ -293,6 +293,11 @@ def main(argv=None) -> dict:
                              "official state dict in --output FILE (.safetensors, .bin/.pth or .npz)")
     parser.add_argument("--export_dir", default=None, help="--to_official: an export (EMA parameters of a run, or imported)")
     parser.add_argument("--dtype", default="float32", help="--to_official: float32 (default), bfloat16 or float16")
+    return parser
+
+
+def main(argv=None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.arch not in ARCHS:
         parser.error(f"unknown --arch {args.arch!r}; known: {', '.join(ARCHS)}")

@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from titok_var import registry
+from titok_var.checkpointing import checksums
 from titok_var.checkpointing.manager import config_to_json, parameter_shapes
 from titok_var.training import evaluation, state_init, trainer
 
@@ -49,7 +50,13 @@ def write_export(config, params, export_dir: str, meta: dict) -> str:
         _write_json(os.path.join(export_dir, CONFIG_FILE), config_to_json(config))
         _write_json(os.path.join(export_dir, META_FILE), {
             "model_name": config.model_name, **meta, "parameter_shapes": parameter_shapes(params)})
+        checksums.write(export_dir)  # last: a complete export is one with checksums
     return export_dir
+
+
+def verify_export(export_dir: str) -> None:
+    """Raises DamagedCheckpointError naming the file when an export differs from what was written."""
+    checksums.verify(os.path.abspath(export_dir), f"export {os.path.abspath(export_dir)}")
 
 
 def import_converted(config, converted_npz: str, export_dir: str, dtype: str = "float32") -> str:
@@ -96,6 +103,7 @@ def _read_export_config(export_dir: str):
     config_path = os.path.join(export_dir, CONFIG_FILE)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: {export_dir} is not a titok_var export")
+    verify_export(export_dir)
     with open(config_path) as f:
         return ml_collections.ConfigDict(json.load(f))
 

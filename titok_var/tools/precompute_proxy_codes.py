@@ -59,9 +59,15 @@ def main(argv, config_flag, distributed_flag):
           f"{os.path.abspath(config.proxy.precomputed_dir)}")
 
 
+def define_flags(flag_values=flags.FLAGS):
+    """Command-line flags, defined only when run as a program (importing must not claim --config)."""
+    fv = dict(flag_values=flag_values)
+    return (config_flags.DEFINE_config_file("config", None, "TiTok stage-1 config.", **fv),
+            flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() auto-detect (SLURM, TPU VMs): "
+                              "each host encodes its share of the shards.", **fv))
+
+
 if __name__ == "__main__":
-    _config_flag = config_flags.DEFINE_config_file("config", None, "TiTok stage-1 config.")
-    _distributed_flag = flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() auto-detect "
-                                          "(SLURM, TPU VMs): each host encodes its share of the shards.")
+    _config_flag, _distributed_flag = define_flags()
     flags.mark_flag_as_required("config")
     app.run(lambda argv: main(argv, _config_flag, _distributed_flag))

@@ -134,12 +134,13 @@ def encode_split(
     return [token_shards.shard_path(output_dir, dataset_split, process_index, s) for s in owned]
 
 
-def define_flags():
+def define_flags(flag_values=flags.FLAGS):
     """Command-line flags, defined only when run as a program (importing must not claim --config)."""
-    return (config_flags.DEFINE_config_file("config", None, "Generator config naming tokenizer and data."),
-            flags.DEFINE_enum("split", "both", ["train", "eval", "both"], "Which split to encode."),
+    fv = dict(flag_values=flag_values)
+    return (config_flags.DEFINE_config_file("config", None, "Generator config naming tokenizer and data.", **fv),
+            flags.DEFINE_enum("split", "both", ["train", "eval", "both"], "Which split to encode.", **fv),
             flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() auto-detect (SLURM, TPU "
-                              "VMs): each host encodes its share of the shards."))
+                              "VMs): each host encodes its share of the shards.", **fv))
 
 
 def main(argv, config_flag, split_flag, distributed_flag):

@@ -276,27 +276,28 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return values
 
 
-def define_flags() -> dict:
+def define_flags(flag_values=flags.FLAGS) -> dict:
     """The command-line flags; defined on demand so importing this module (e.g. next to
     pretokenize, which also owns --config) registers nothing."""
+    fv = dict(flag_values=flag_values)
     return dict(
-        config=config_flags.DEFINE_config_file("config", None, "VAR generator config."),
-        workdir=flags.DEFINE_string("workdir", None, "Work dir: its checkpoints (unless --export_dir) and the outputs."),
-        export_dir=flags.DEFINE_string("export_dir", None, "Edit with this export (e.g. imported released VAR weights)."),
-        output_dir=flags.DEFINE_string("output_dir", None, "Output folder (default: a new <workdir>/edits/<image>_<mode>_NNN)."),
-        image=flags.DEFINE_string("image", None, "Image to edit."),
-        box=flags.DEFINE_string("box", None, "Region y0,x0,y1,x1 as fractions of the centre-cropped image."),
-        mask=flags.DEFINE_string("mask", None, "Black-and-white mask image; white marks the region."),
-        outpaint=flags.DEFINE_bool("outpaint", False, "Keep the region and generate the rest."),
+        config=config_flags.DEFINE_config_file("config", None, "VAR generator config.", **fv),
+        workdir=flags.DEFINE_string("workdir", None, "Work dir: its checkpoints (unless --export_dir) and the outputs.", **fv),
+        export_dir=flags.DEFINE_string("export_dir", None, "Edit with this export (e.g. imported released VAR weights).", **fv),
+        output_dir=flags.DEFINE_string("output_dir", None, "Output folder (default: a new <workdir>/edits/<image>_<mode>_NNN).", **fv),
+        image=flags.DEFINE_string("image", None, "Image to edit.", **fv),
+        box=flags.DEFINE_string("box", None, "Region y0,x0,y1,x1 as fractions of the centre-cropped image.", **fv),
+        mask=flags.DEFINE_string("mask", None, "Black-and-white mask image; white marks the region.", **fv),
+        outpaint=flags.DEFINE_bool("outpaint", False, "Keep the region and generate the rest.", **fv),
         class_label=flags.DEFINE_integer("class_label", None, "Class to steer the edit to (omit, or num_classes as in "
-                                         "the official demo, for plain in-/out-painting)."),
-        num_samples=flags.DEFINE_integer("num_samples", 4, "Edits to sample."),
-        seed=flags.DEFINE_integer("seed", 0, "Sampling seed."),
-        step=flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest)."),
-        cfg=flags.DEFINE_float("cfg", None, "Guidance scale (default: config.sampling.cfg)."),
-        top_k=flags.DEFINE_integer("top_k", None, "Top-k (default: config.sampling.top_k)."),
-        top_p=flags.DEFINE_float("top_p", None, "Top-p (default: config.sampling.top_p)."),
-        more_smooth=flags.DEFINE_bool("more_smooth", None, "Gumbel smoothing (default: config.sampling.more_smooth)."),
+                                         "the official demo, for plain in-/out-painting).", **fv),
+        num_samples=flags.DEFINE_integer("num_samples", 4, "Edits to sample.", **fv),
+        seed=flags.DEFINE_integer("seed", 0, "Sampling seed.", **fv),
+        step=flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", **fv),
+        cfg=flags.DEFINE_float("cfg", None, "Guidance scale (default: config.sampling.cfg).", **fv),
+        top_k=flags.DEFINE_integer("top_k", None, "Top-k (default: config.sampling.top_k).", **fv),
+        top_p=flags.DEFINE_float("top_p", None, "Top-p (default: config.sampling.top_p).", **fv),
+        more_smooth=flags.DEFINE_bool("more_smooth", None, "Gumbel smoothing (default: config.sampling.more_smooth).", **fv),
     )
 
 

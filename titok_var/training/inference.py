@@ -19,6 +19,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from clu import metric_writers
 
+from titok_var.checkpointing import checksums
 from titok_var.checkpointing.manager import describe_mismatch, parameter_shapes
 from titok_var.training import evaluation, state_init, trainer
 
@@ -91,6 +92,7 @@ def load_inference_params(config, workdir: str | None = None, *, step: int | Non
 def _from_export(config, export_dir: str, workdir: str | None, devices, compute_dtype) -> InferenceParams:
     export_dir = os.path.abspath(export_dir)
     export_config = read_export_json(export_dir, EXPORT_CONFIG_FILE)
+    checksums.verify(export_dir, f"export {export_dir}")
     meta = read_export_json(export_dir, EXPORT_META_FILE)
     check_export_fits(config, export_dir, export_config)
     dtype = compute_dtype or export_config.get("model", {}).get("dtype")
@@ -106,8 +108,12 @@ def _from_export(config, export_dir: str, workdir: str | None, devices, compute_
     params_path = os.path.join(export_dir, EXPORT_PARAMS_DIR)
     if not os.path.isdir(params_path):
         raise FileNotFoundError(f"{params_path} not found: the export {export_dir} is incomplete")
-    with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(params_path, target)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            params = checkpointer.restore(params_path, target)
+    except Exception as e:  # an export without checksums whose files are damaged
+        raise checksums.DamagedCheckpointError(
+            f"export {export_dir} cannot be read ({type(e).__name__}: {e}); folder {params_path}") from e
     step = int(meta.get("step", 0))
     task_state = None
     if getattr(exp.task, "eval_uses_task_state", False):  # e.g. TiTok stage 1 scores against its VQGAN

@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import json
 from typing import Callable
 
 import flax.linen as nn
@@ -19,7 +20,7 @@ from titok_var.checkpointing.manager import CHECKPOINT_DIR, Checkpointer, config
 from titok_var.data import pipeline
 from titok_var.sharding import mesh as mesh_lib
 from titok_var.sharding import rules as rules_lib
-from titok_var.training import data_feed, ema, evaluation, optimizer, state_init
+from titok_var.training import config_checks, data_feed, ema, evaluation, optimizer, state_init, workdir_lock
 from titok_var.training.preemption import PreemptionWatcher
 
 
@@ -119,8 +120,8 @@ def jit_train_step(exp: Experiment):
 
 def restore_or_create(exp: Experiment, checkpointer: Checkpointer, step: int | None = None):
     """The newest (or the given) checkpoint of the work dir, else a fresh state."""
-    if step is None:
-        step = checkpointer.latest_step()
+    if step is None:  # training: the newest step that passes its checksums
+        step = checkpointer.newest_intact_step()
     if step is None:
         logging.info("no checkpoint in %s: initialising from seed %d", exp.workdir, exp.config.seed)
         return state_init.create_train_state(exp.task, exp.tx, exp.config, exp.mesh, exp.rules, exp.layout)
@@ -164,11 +165,28 @@ def _mean_metrics(pending: list[tuple[int, dict]]) -> dict[str, float]:
 
 
 def train(config, workdir: str, *, devices=None, step_callback: Callable | None = None) -> TrainResult:
-    """Trains until `config.train.num_steps`, resuming from the newest checkpoint in `workdir`."""
+    """Trains until `config.train.num_steps`, resuming from the newest checkpoint in `workdir`.
+
+    The config is checked first (seconds, before any model or data work); the work dir is locked
+    for the run (`workdir_lock`)."""
+    config_checks.check_training_config(config, devices)
+    with workdir_lock.hold(workdir):
+        return _train(config, workdir, devices, step_callback)
+
+
+def _train(config, workdir: str, devices, step_callback) -> TrainResult:
     exp = build_experiment(config, workdir, devices)
+    checkpointer = open_checkpointer(config, workdir)
+    try:
+        return _train_loop(exp, checkpointer, step_callback)
+    finally:
+        checkpointer.close()  # also on an exception: a pending asynchronous save finishes first
+
+
+def _train_loop(exp: Experiment, checkpointer: Checkpointer, step_callback) -> TrainResult:
+    config, workdir = exp.config, exp.workdir
     train_config = config.train
     total = int(train_config.num_steps)
-    checkpointer = open_checkpointer(config, workdir)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     losses: dict[int, float] = {}
     eval_metrics = None
@@ -241,9 +259,24 @@ def train(config, workdir: str, *, devices=None, step_callback: Callable | None 
                 save(step)
                 preempted = True
                 break
-        checkpointer.close()
+        checkpointer.wait()
         writer.flush()
+    write_status(workdir, "preempted" if preempted else "complete", int(jax.device_get(state.step)), total)
     return TrainResult(state=state, losses=losses, preempted=preempted, eval_metrics=eval_metrics)
+
+
+STATUS_FILE = "train_status.json"
+
+
+def write_status(workdir: str, status: str, step: int, num_steps: int) -> None:
+    """<workdir>/train_status.json: how the last run ended, for launch scripts. A clean stop exits 0
+    either way; "preempted" means run again to resume, "complete" means num_steps were reached."""
+    if jax.process_index() != 0:
+        return
+    path = epath.Path(workdir) / STATUS_FILE
+    tmp = epath.Path(workdir) / (STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps({"status": status, "step": step, "num_steps": num_steps}))
+    tmp.rename(path)
 
 
 def restore_checkpoint(exp: Experiment, workdir: str, step: int | None = None, purpose: str = "restore"):
