@@ -118,7 +118,7 @@ def data_config(**overrides):
     config = ml_collections.ConfigDict(
         dict(
             name="imagenet2012",
-            data_dir=ml_collections.config_dict.placeholder(str),  # None, yet settable from the command line
+            data_dir="",  # "" = tfds's default folder; a str, so `--config.data.data_dir=/path` works
             train_split="train",
             eval_split="validation",
             image_size=256,

@@ -23,8 +23,6 @@ def get_config(arg=None):
     config.sample = common.ml_collections.ConfigDict(
         dict(num_per_class=8, seed=42, global_batch_size=64, grid_per_class=8))
     image_data = tokenizer.data.copy_and_resolve_references()
-    if image_data.data_dir is None:  # the copy drops the placeholder's type: keep it settable
-        image_data.data_dir = common.ml_collections.config_dict.placeholder(str)
     config.tokenizer = var_model.var_tokenizer_config("runs/var_quickstart/vqvae_export", image_data,
                                                       batch_size=256, shard_size=10_000, flips=False)
     config.data = common.data_config(name="tokens", data_dir="runs/var_quickstart/tokens",

@@ -275,7 +275,7 @@ def test_checkpoint_eval_of_existing_samples_against_their_own_reference(setup, 
     # Samples for another per-class count are stale: the checkpoint is sampled again.
     calls = []
 
-    def fake_sample(config, workdir, step):
+    def fake_sample(config, workdir, step, **source):  # source: export_dir, compute_dtype
         calls.append(step)
         raise RuntimeError("sampling")
 

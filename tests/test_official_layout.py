@@ -2,7 +2,6 @@
 and ours -> official -> ours are bit-identical (narrow models with the official key layout), the
 rebuilt VAR buffers equal the official definitions, and files round-trip through the CLI."""
 
-import jax
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -97,24 +96,45 @@ def test_layouts_refuse_parameters_of_another_model():
         official_layout.to_official("var_d16", VAR(**{**VAR_TINY, "width": 32, "num_heads": 1}), ours)
 
 
-@pytest.mark.parametrize("suffix,dtype", [(".safetensors", "float32"), (".bin", "float32"), (".pth", "bfloat16")])
-def test_cli_writes_the_official_file_from_a_converted_npz(tmp_path, suffix, dtype):
+def test_cli_writes_the_official_file_from_a_converted_npz(tmp_path):
     """convert --to_official on a converter's .npz (the released LPIPS layout), in each format."""
     model = official_layout.released_model("lpips")
     official = random_official("lpips", model, seed=3)
     source = tmp_path / "vgg_and_lin.npz"
     np.savez(source, **official)
     record = convert.main(["--arch", "lpips", "--input", str(source), "--output", str(tmp_path / "converted")])
-    out = tmp_path / f"lpips{suffix}"
-    written = convert.main(["--to_official", "--arch", "lpips", "--input",
-                            str(tmp_path / "converted" / record["output"]), "--output", str(out), "--dtype", dtype])
-    assert written["tensors"] == len(official)
-    back = state_dicts.read_state_dict(str(out))
-    if dtype == "float32":
-        assert_state_dicts_equal(back, official)
-    else:  # bfloat16 on disk: each value is the float32 rounded to 8 mantissa bits
-        for key, value in official.items():
-            np.testing.assert_allclose(back[key], value, rtol=2 ** -8, err_msg=key)
+    converted = str(tmp_path / "converted" / record["output"])
+    for suffix, dtype in ((".safetensors", "float32"), (".bin", "float32"), (".pth", "bfloat16")):
+        out = tmp_path / f"lpips{suffix}"
+        written = convert.main(["--to_official", "--arch", "lpips", "--input", converted, "--output", str(out),
+                                "--dtype", dtype])
+        assert written["tensors"] == len(official)
+        back = state_dicts.read_state_dict(str(out))
+        if dtype == "float32":
+            assert_state_dicts_equal(back, official)
+        else:  # bfloat16 on disk: each value is the float32 rounded to 8 mantissa bits
+            for key, value in official.items():
+                np.testing.assert_allclose(back[key], value, rtol=2 ** -8, err_msg=key)
     with pytest.raises(ValueError, match="exactly one of --export_dir"):
-        convert.main(["--to_official", "--arch", "lpips", "--output", str(out)])
-    jax.clear_caches()
+        convert.main(["--to_official", "--arch", "lpips", "--output", str(tmp_path / "x.bin")])
+
+
+def test_cli_writes_the_official_file_from_an_export(tmp_path):
+    """An export of a trained (here: imported) model back to the official layout, checked against
+    the file it came from; an export of another family is refused by name."""
+    from tests.helpers import tiny_var_vqvae_config
+    from titok_var.tools import export
+
+    config = tiny_var_vqvae_config()
+    from titok_var import registry
+    model = registry.get_task(config).model
+    official = random_official("var_vqvae", model, seed=4)
+    params = official_layout.from_official("var_vqvae", official, model)
+    from titok_var.tools.convert_var import save_params
+    converted = save_params(params, str(tmp_path / "converted.npz"))
+    export_dir = export.import_converted(config, converted, str(tmp_path / "export"))
+    out = tmp_path / "vae.safetensors"
+    convert.main(["--to_official", "--arch", "var_vqvae", "--export_dir", export_dir, "--output", str(out)])
+    assert_state_dicts_equal(state_dicts.read_state_dict(str(out)), official)
+    with pytest.raises(ValueError, match="holds a 'var_vqvae' model; --arch titok_l32 writes titok"):
+        convert.main(["--to_official", "--arch", "titok_l32", "--export_dir", export_dir, "--output", str(out)])

@@ -104,8 +104,8 @@ PAPER_CONFIGS = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "conf
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_data_folders_of_every_config_are_settable_from_the_command_line(name):
-    """The README's `--config.data.data_dir=/path` form works for every config, also where the
-    default is None (a typed placeholder), and so does the tokenizer's image folder."""
+    """The README's `--config.data.data_dir=/path` form works for every config (a None default
+    could not be overridden), and so does the tokenizer's image folder."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("titok_var_main", os.path.join(REPO, "main.py"))

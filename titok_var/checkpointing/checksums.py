@@ -51,7 +51,7 @@ def write(directory) -> dict:
         table[str(path.relative_to(directory))] = {"size": size, "sha256": sha}
     tmp = directory / (CHECKSUM_FILE + ".tmp")
     tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-    tmp.rename(directory / CHECKSUM_FILE)
+    tmp.replace(directory / CHECKSUM_FILE)
     return table
 
 

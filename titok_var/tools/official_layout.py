@@ -134,7 +134,9 @@ def _inverse_layout(layout: OfficialLayout, path, value: np.ndarray, torch_shape
         raise AssertionError(f"the converter's layout for {'/'.join(path)} is not a rearrangement")
     out = np.empty(size, value.dtype)
     out[where.reshape(-1)] = value.reshape(-1)
-    if np.unique(where).size != size:
+    covered = np.zeros(size, bool)
+    covered[where.reshape(-1)] = True  # as many indices as elements: all covered = a permutation
+    if not covered.all():
         raise AssertionError(f"the converter's layout for {'/'.join(path)} does not cover the torch tensor")
     return out.reshape(torch_shape)
 

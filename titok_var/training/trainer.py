@@ -276,7 +276,7 @@ def write_status(workdir: str, status: str, step: int, num_steps: int) -> None:
     path = epath.Path(workdir) / STATUS_FILE
     tmp = epath.Path(workdir) / (STATUS_FILE + ".tmp")
     tmp.write_text(json.dumps({"status": status, "step": step, "num_steps": num_steps}))
-    tmp.rename(path)
+    tmp.replace(path)
 
 
 def restore_checkpoint(exp: Experiment, workdir: str, step: int | None = None, purpose: str = "restore"):
