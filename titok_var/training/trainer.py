@@ -2,7 +2,6 @@
 
 import contextlib
 import dataclasses
-import json
 from typing import Callable
 
 import flax.linen as nn
@@ -21,6 +20,7 @@ from titok_var.data import pipeline
 from titok_var.sharding import mesh as mesh_lib
 from titok_var.sharding import rules as rules_lib
 from titok_var.training import config_checks, data_feed, ema, evaluation, optimizer, state_init, workdir_lock
+from titok_var.training import run_status
 from titok_var.training.preemption import PreemptionWatcher
 
 
@@ -171,6 +171,8 @@ def train(config, workdir: str, *, devices=None, step_callback: Callable | None 
     for the run (`workdir_lock`)."""
     config_checks.check_training_config(config, devices)
     with workdir_lock.hold(workdir):
+        if jax.process_index() == 0:  # a crash of this run must not leave an earlier run's status behind
+            run_status.clear_status(workdir)
         return _train(config, workdir, devices, step_callback)
 
 
@@ -265,18 +267,13 @@ def _train_loop(exp: Experiment, checkpointer: Checkpointer, step_callback) -> T
     return TrainResult(state=state, losses=losses, preempted=preempted, eval_metrics=eval_metrics)
 
 
-STATUS_FILE = "train_status.json"
+STATUS_FILE = run_status.STATUS_FILE
 
 
 def write_status(workdir: str, status: str, step: int, num_steps: int) -> None:
-    """<workdir>/train_status.json: how the last run ended, for launch scripts. A clean stop exits 0
-    either way; "preempted" means run again to resume, "complete" means num_steps were reached."""
-    if jax.process_index() != 0:
-        return
-    path = epath.Path(workdir) / STATUS_FILE
-    tmp = epath.Path(workdir) / (STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps({"status": status, "step": step, "num_steps": num_steps}))
-    tmp.replace(path)
+    """How this run ended, for launch scripts (process 0; see training/run_status.py)."""
+    if jax.process_index() == 0:
+        run_status.write_status(workdir, status, step, num_steps)
 
 
 def restore_checkpoint(exp: Experiment, workdir: str, step: int | None = None, purpose: str = "restore"):
