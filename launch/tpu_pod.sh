@@ -17,18 +17,25 @@ REPO_DIR="${REPO_DIR:-~/titok_var}"
 MAX_RESTARTS="${MAX_RESTARTS:-20}"
 BACKOFF_S="${BACKOFF_S:-60}"
 PYTHON="${PYTHON:-python}"
-extra=$(printf ' %q' "$@")
+extra=""
+if [ "$#" -gt 0 ]; then extra=$(printf ' %q' "$@"); fi
 
 for attempt in $(seq 0 "$MAX_RESTARTS"); do
   if [ "$attempt" -gt 0 ]; then
     echo "restart $attempt of $MAX_RESTARTS in $((BACKOFF_S * attempt)) s"
     sleep $((BACKOFF_S * attempt))
   fi
+  "$PYTHON" -m titok_var.tools.run_status --clear "$WORKDIR" > /dev/null  # this attempt's status only
   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command \
     "cd $REPO_DIR && python main.py --config $CONFIG --workdir $WORKDIR --distributed$extra"
   rc=$?
   status=$("$PYTHON" -m titok_var.tools.run_status "$WORKDIR")
-  case $? in
+  code=$?
+  if [ "$code" -eq 5 ]; then
+    echo "training failed: $status (exit status $rc); not restarted" >&2
+    exit 1
+  fi
+  case $code in
     0) echo "training complete: $status"; exit 0 ;;
     3) echo "stopped early: $status" ;;
     *) echo "the run ended without a status (ssh/training exit status $rc): $status" >&2 ;;

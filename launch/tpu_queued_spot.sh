@@ -23,7 +23,8 @@ BACKOFF_S="${BACKOFF_S:-60}"
 POLL_S="${POLL_S:-30}"
 WAIT_ACTIVE_S="${WAIT_ACTIVE_S:-7200}"
 PYTHON="${PYTHON:-python}"
-extra=$(printf ' %q' "$@")
+extra=""
+if [ "$#" -gt 0 ]; then extra=$(printf ' %q' "$@"); fi
 
 qr_state() {
   gcloud compute tpus queued-resources describe "$QR_NAME" --zone "$ZONE" --format='value(state.state)' 2>/dev/null \
@@ -47,19 +48,25 @@ for round in $(seq 0 "$MAX_RESTARTS"); do
       --accelerator-type "$ACCELERATOR" --runtime-version "$RUNTIME" --spot || continue
   fi
   waited=0
-  while [ "$(qr_state)" != ACTIVE ]; do
-    if [ "$waited" -ge "$WAIT_ACTIVE_S" ]; then
-      echo "queued resource $QR_NAME not ACTIVE after $WAIT_ACTIVE_S s" >&2
+  while state=$(qr_state); [ "$state" != ACTIVE ]; do
+    if [ "$state" = SUSPENDED ] || [ "$state" = FAILED ] || [ "$waited" -ge "$WAIT_ACTIVE_S" ]; then
+      echo "queued resource $QR_NAME is $state (waited $waited s): next round" >&2
       continue 2
     fi
     sleep "$POLL_S"
     waited=$((waited + POLL_S))
   done
+  "$PYTHON" -m titok_var.tools.run_status --clear "$WORKDIR" > /dev/null  # this round's status only
   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command \
     "cd $REPO_DIR && $SETUP_COMMAND && python main.py --config $CONFIG --workdir $WORKDIR --distributed$extra"
   rc=$?
   status=$("$PYTHON" -m titok_var.tools.run_status "$WORKDIR")
-  case $? in
+  code=$?
+  if [ "$code" -eq 5 ]; then
+    echo "training failed: $status (exit status $rc); not restarted" >&2
+    exit 1
+  fi
+  case $code in
     0)
       echo "training complete: $status"
       if [ "${KEEP_TPU:-0}" != 1 ]; then

@@ -259,6 +259,11 @@ def test_checkpoint_eval_of_existing_samples_against_their_own_reference(setup, 
     for index, rows in enumerate(np.array_split(np.arange(len(labels)), 2)):
         np.savez(sample_dir / f"samples_p{index:03d}.npz", arr_0=images[rows], labels=labels[rows])
     config = _config(tmp_path, setup["weights"], setup["reference"])
+    # sample.py records which weights and settings made them; only matching samples are reused.
+    from titok_var.training import inference
+
+    record = sample.sample_record(config, inference.describe_source(str(workdir), 5, None), None)
+    (sample_dir / sample.SOURCE_FILE).write_text(json.dumps(record))
     metrics = generative_eval.generative_eval_checkpoint(config, str(workdir), step=5)
 
     assert abs(metrics["gfid"]) < 1e-3
@@ -284,6 +289,12 @@ def test_checkpoint_eval_of_existing_samples_against_their_own_reference(setup, 
         generative_eval.generative_eval_checkpoint(_config(tmp_path, setup["weights"], setup["reference"], 3),
                                                    str(workdir), step=5)
     assert calls == [5]
+    # Samples another model made (here: an export evaluated into the same work dir) are not reused.
+    os.makedirs(tmp_path / "other")
+    (tmp_path / "other" / "export.json").write_text(json.dumps({"step": 5}))
+    with pytest.raises(RuntimeError, match="sampling"):
+        generative_eval.generative_eval_checkpoint(config, str(workdir), step=5, export_dir=str(tmp_path / "other"))
+    assert calls == [5, None]
 
 
 def test_other_samples_against_an_adm_reference_batch_of_images(setup, fast_fid, tmp_path):

@@ -24,7 +24,8 @@ if [ "$name" = srun ] || { [ "$name" = gcloud ] && [ "$4" = ssh ]; }; then
   case "$ending" in
     complete) echo '{"status": "complete", "step": 10, "num_steps": 10}' > "$WORKDIR/train_status.json" ;;
     preempted) echo '{"status": "preempted", "step": 4, "num_steps": 10}' > "$WORKDIR/train_status.json" ;;
-    crash) rm -f "$WORKDIR/train_status.json"; exit 1 ;;
+    crash) exit 1 ;;
+    failed) echo '{"status": "failed", "error": "NonFiniteLossError"}' > "$WORKDIR/train_status.json"; exit 1 ;;
   esac
   exit 0
 fi
@@ -48,7 +49,7 @@ def cluster(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
 
-    def run(script, endings, qr_states=(), **env):
+    def run(script, endings, qr_states=(), args=(), **env):
         (tmp_path / "endings").write_text("".join(f"{e}\n" for e in endings))
         (tmp_path / "qr_states").write_text("".join(f"{s}\n" for s in qr_states))
         calls = tmp_path / "calls"
@@ -58,7 +59,7 @@ def cluster(tmp_path):
                         WORKDIR=str(workdir), CONFIG="configs/titok_l32.py", PYTHON=sys.executable,
                         PYTHONPATH=REPO, BACKOFF_S="0", POLL_S="0", TPU_NAME="tpu", ZONE="zone", QR_NAME="qr",
                         ACCELERATOR="v4-8", RUNTIME="rt", **env)
-        done = subprocess.run(["bash", os.path.join(REPO, "launch", script)], cwd=REPO, env=full_env,
+        done = subprocess.run(["bash", os.path.join(REPO, "launch", script), *args], cwd=REPO, env=full_env,
                               capture_output=True, text=True, timeout=120)
         return done.returncode, calls.read_text().splitlines(), done.stdout + done.stderr
 
@@ -75,16 +76,24 @@ def test_slurm_requeues_only_a_run_that_stopped_early(cluster):
     assert rc == 0 and not any(c.startswith("scontrol") for c in calls), out
     rc, calls, out = cluster("slurm_gpu.sbatch", ["crash"], SLURM_JOB_ID="42")
     assert rc == 1 and not any(c.startswith("scontrol") for c in calls), out
+    rc, calls, out = cluster("slurm_gpu.sbatch", ["failed"], SLURM_JOB_ID="42")
+    assert rc == 1 and not any(c.startswith("scontrol") for c in calls), out
     rc, calls, out = cluster("slurm_gpu.sbatch", ["preempted"], SLURM_JOB_ID="42", SLURM_RESTART_COUNT="5",
                              MAX_REQUEUES="5")
     assert rc == 1 and not any(c.startswith("scontrol") for c in calls) and "not requeued" in out
 
 
 def test_tpu_pod_runs_again_until_complete_within_its_restarts(cluster):
+    # A crash after a preemption leaves no status of its own (each attempt clears the last one).
     rc, calls, out = cluster("tpu_pod.sh", ["preempted", "crash", "complete"])
     assert rc == 0, out
     ssh = [c for c in calls if " ssh " in c]
-    assert len(ssh) == 3 and all("--worker=all" in c and "main.py --config configs/titok_l32.py" in c for c in ssh)
+    assert len(ssh) == 3 and all(c.endswith("main.py --config configs/titok_l32.py --workdir "
+                                            f"{c.split('--workdir ')[1].split()[0]} --distributed") for c in ssh), ssh
+    rc, calls, out = cluster("tpu_pod.sh", ["complete"], args=["--config.train.num_steps=10", "--step", "3"])
+    assert [c for c in calls if " ssh " in c][0].endswith("--distributed --config.train.num_steps=10 --step 3")
+    rc, calls, out = cluster("tpu_pod.sh", ["failed", "complete"])
+    assert rc == 1 and len([c for c in calls if " ssh " in c]) == 1 and "not restarted" in out
     rc, calls, out = cluster("tpu_pod.sh", ["preempted"] * 5, MAX_RESTARTS="2")
     assert rc == 1 and len([c for c in calls if " ssh " in c]) == 3 and "not complete after 2 restarts" in out
 
@@ -113,3 +122,8 @@ def test_run_status_reads_how_the_run_ended(tmp_path):
     status_file.write_status(str(tmp_path), "complete", 10, 10)
     assert run_status.main([str(tmp_path)]) == 0
     assert json.loads((tmp_path / "train_status.json").read_text())["step"] == 10
+    status_file.write_status(str(tmp_path), "failed", error="NonFiniteLossError: the loss became nan")
+    assert run_status.main([str(tmp_path)]) == 5
+    (tmp_path / "train_status.json").write_text("{}")  # valid JSON without a status
+    assert run_status.main([str(tmp_path)]) == 4
+    assert run_status.main(["--clear", str(tmp_path)]) == 0 and not (tmp_path / "train_status.json").exists()

@@ -29,7 +29,8 @@ def test_probe_of_a_checkpoint_writes_metrics(tmp_path):
     from_export = linear_probe_run.probe_checkpoint(config, str(tmp_path / "probe_work"), export_dir=export_dir)
     assert from_export == metrics
     assert (tmp_path / "probe_work" / "probe" / "step_000000002" / "metrics.json").exists()
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "export.json", "params"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["checksums.json", "config.json", "export.json",
+                                                                        "params"]
 
 
 def test_probe_rejects_a_generator_config(tmp_path):

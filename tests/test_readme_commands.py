@@ -94,7 +94,10 @@ def test_readme_command_line_parses(line):
         node = config
         for part in key.split("."):
             node = node[part]
-        assert str(node) == value or node == type(node)(value), (override, node)
+        if isinstance(node, bool):
+            assert node == {"true": True, "false": False}[value.lower()], (override, node)
+        else:
+            assert str(node) == value or node == type(node)(value), (override, node)
 
 
 PAPER_CONFIGS = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "configs"))

@@ -40,7 +40,7 @@ def test_titok_and_maskgit_release_through_every_command(tmp_path):
     assert grid.ndim == 3 and grid.shape[2] == 3 and grid.shape[0] == 2 * (32 + 2) + 2
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert np.isfinite(metrics["psnr"]) and metrics["num_examples"] == 32
-    assert set(os.listdir(tmp_path / "exports/titok_l32")) == {"config.json", "export.json", "params"}
+    assert set(os.listdir(tmp_path / "exports/titok_l32")) == {"checksums.json", "config.json", "export.json", "params"}
 
     with np.load(next((tmp_path / "tokens/titok_l32").glob("validation-*.npz"))) as shard:
         assert shard["tokens"].shape[1] == 32 and shard["tokens"].max() < 4096

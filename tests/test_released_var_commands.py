@@ -31,7 +31,7 @@ def test_var_release_through_every_command(tmp_path):
         rc.run(command, cwd)
 
     for name in ("var_vqvae", "var_d16"):
-        assert set(os.listdir(tmp_path / "exports" / name)) == {"config.json", "export.json", "params"}
+        assert set(os.listdir(tmp_path / "exports" / name)) == {"checksums.json", "config.json", "export.json", "params"}
         assert json.loads((tmp_path / "exports" / name / "config.json").read_text())["model"]["dtype"] == "float32"
 
     with np.load(tmp_path / "runs/var_d16/samples/step_000000000/samples_p000.npz") as samples:

@@ -144,3 +144,44 @@ def test_import_of_a_file_that_is_not_converted_weights_names_it(tmp_path):
     with pytest.raises(ValueError, match="weights.npz is not a converted-weights .npz"):
         export.import_converted(tiny_titok_config(), str(text), str(tmp_path / "export"))
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("name", ["module_state_dict_zip.pth", "module_state_dict_legacy.pth"])
+def test_reads_a_module_state_dict_with_its_metadata_attribute(name):
+    """torch.save(model.state_dict()) pickles the OrderedDict's `_metadata` with BUILD: read it."""
+    loaded = state_dicts.read_state_dict(os.path.join(FIXTURES, name))
+    with np.load(os.path.join(FIXTURES, "module_expected.npz")) as expected:
+        assert list(loaded) == list(expected.files)
+        for key in expected.files:
+            assert loaded[key].dtype == expected[key].dtype, key
+            np.testing.assert_array_equal(loaded[key], expected[key])
+    assert loaded["1.num_batches_tracked"].dtype == np.int64
+
+
+def test_crafted_pickles_change_nothing_and_fail_clearly(tmp_path):
+    import collections
+
+    # BUILD aimed at the resolved OrderedDict class: only a throwaway subclass is touched.
+    payload = (b"\x80\x02ccollections\nOrderedDict\n}X\x0b\x00\x00\x00__getitem__N" b"s" b"b.")
+    _zip_with_pickle(tmp_path / "build.pth", payload)
+    with pytest.raises(ValueError):
+        state_dicts.read_state_dict(str(tmp_path / "build.pth"))
+    assert collections.OrderedDict.__getitem__ is not None and collections.OrderedDict([("a", 1)])["a"] == 1
+    # Object construction opcodes other than REDUCE are refused before unpickling.
+    _zip_with_pickle(tmp_path / "newobj.pth", b"\x80\x02ccollections\nOrderedDict\n)\x81.")
+    with pytest.raises(torch_format.UnsafeCheckpointError, match="NEWOBJ opcode"):
+        state_dicts.read_state_dict(str(tmp_path / "newobj.pth"))
+    # A stride-0 view announcing 2**70 elements of a 1-element storage.
+    def text(value: str) -> bytes:  # BINUNICODE
+        return b"X" + len(value).to_bytes(4, "little") + value.encode()
+
+    storage_id = b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text("0") + text("cpu") + b"K\x01tQ"
+    size = b"(\x8a\x09" + (2 ** 70).to_bytes(9, "little") + b"t"  # (2**70,)
+    stride = b"(K\x00t"  # (0,)
+    bomb = (b"\x80\x02}" + text("w") + b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage_id + b"K\x00" + size
+            + stride + b"\x89}tRs.")
+    with zipfile.ZipFile(tmp_path / "bomb.pth", "w") as archive:
+        archive.writestr("archive/data.pkl", bomb)
+        archive.writestr("archive/data/0", np.float32([1.0]).tobytes())
+    with pytest.raises(torch_format.CorruptCheckpointError, match="more elements than its storage"):
+        state_dicts.read_state_dict(str(tmp_path / "bomb.pth"))

@@ -187,9 +187,9 @@ def test_edits_from_an_export_never_write_into_it_nor_replace_earlier_edits(setu
     kwargs = dict(box=TOP_HALF, num_samples=SAMPLES, seed=5, devices=setup["devices"], export_dir=export_dir)
     first = var_edit.edit_image(setup["config"], str(out), setup["image_path"], **kwargs)
     second = var_edit.edit_image(setup["config"], str(out), setup["image_path"], class_label=16, **kwargs)
-    assert first.endswith("photo_inpaint_001") and second.endswith("photo_inpaint_class16_001")
+    assert first.endswith("photo_inpaint_001") and second.endswith("photo_inpaint_002")  # 16 = the null class
     third = var_edit.edit_image(setup["config"], str(out), setup["image_path"], **kwargs)
-    assert third.endswith("photo_inpaint_002")
+    assert third.endswith("photo_inpaint_003")
     after = sorted(p.relative_to(export_dir) for p in __import__("pathlib").Path(export_dir).rglob("*"))
     assert after == before
     with np.load(f"{first}/edits.npz") as a, np.load(f"{second}/edits.npz") as b, np.load(f"{third}/edits.npz") as c:

@@ -70,7 +70,10 @@ def verify(directory, what: str) -> bool:
         return False
     try:
         table = json.loads(table_path.read_text())
-    except (ValueError, OSError) as e:
+        if not all(isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
+                   for v in table.values()):
+            raise ValueError("malformed entries")
+    except (ValueError, OSError, AttributeError) as e:
         raise DamagedCheckpointError(f"{what}: {table_path} is damaged ({e})") from e
     present = {str(p.relative_to(directory)) for p in _files(directory)}
     for name, expected in sorted(table.items()):

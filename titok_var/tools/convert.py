@@ -127,7 +127,7 @@ def _naming_input(input_path: str, arch: str, error: Exception) -> Exception:
     message = str(error)
     if input_path in message or os.path.basename(input_path) in message:
         return error
-    return type(error)(f"{input_path} (--arch {arch}): {message}") if isinstance(error, ValueError) else error
+    return ValueError(f"{input_path} (--arch {arch}): {message}")
 
 
 def count_parameters(npz_path: str) -> int:

@@ -494,7 +494,18 @@ def _latest_step(config, workdir: str) -> int:
     return step
 
 
-def _existing_samples(sample_dir: str, config) -> list[str] | None:
+def _same_source(sample_dir: str, expected: dict) -> bool:
+    path = os.path.join(sample_dir, "source.json")
+    if not os.path.exists(path):
+        return False
+    try:
+        with open(path) as f:
+            return json.load(f) == json.loads(json.dumps(expected, sort_keys=True))
+    except ValueError:
+        return False
+
+
+def _existing_samples(sample_dir: str, config, expected_source: dict | None = None) -> list[str] | None:
     """This process's complete sample files for the config's class-balanced labels, else None
     (decided jointly: any process missing its samples makes every process sample again)."""
     from titok_var.tools import sample
@@ -506,6 +517,8 @@ def _existing_samples(sample_dir: str, config) -> list[str] | None:
     else:
         candidates = sorted(glob.glob(os.path.join(sample_dir, SAMPLE_FILE_GLOB)))
     labels = None
+    if expected_source is not None and not _same_source(sample_dir, expected_source):
+        candidates = []  # other weights or settings made them: sample again
     if candidates and all(os.path.exists(path) for path in candidates):
         try:
             labels = [_read_labels(path, _sample_count(path)) for path in candidates]
@@ -538,7 +551,10 @@ def generative_eval_checkpoint(config, workdir: str, step: int | None = None, *,
     elif step is None:
         step = _latest_step(config, workdir)
     sample_dir = os.path.join(workdir, "samples", f"step_{step:09d}")
-    files = _existing_samples(sample_dir, config)
+    from titok_var.tools import sample as sample_lib
+
+    expected = sample_lib.sample_record(config, inference.describe_source(workdir, step, export_dir), compute_dtype)
+    files = _existing_samples(sample_dir, config, expected)
     if files is None:
         from titok_var.tools import sample
 

@@ -130,7 +130,7 @@ def _inverse_layout(layout: OfficialLayout, path, value: np.ndarray, torch_shape
     size = int(np.prod(torch_shape, dtype=np.int64))
     indices = np.arange(size, dtype=np.int64).reshape(torch_shape)
     where = np.asarray(layout.from_torch(path, indices, tuple(value.shape)))
-    if where.shape != value.shape or where.dtype != np.int64:
+    if where.shape != value.shape or where.dtype != np.int64 or where.size != size:
         raise AssertionError(f"the converter's layout for {'/'.join(path)} is not a rearrangement")
     out = np.empty(size, value.dtype)
     out[where.reshape(-1)] = value.reshape(-1)

@@ -6,6 +6,7 @@ images `arr_0` (N, H, W, 3) (the ADM evaluation suite's layout) and `labels`. A 
 `sample.seed` gives the same images on any number of devices.
 """
 
+import json
 import os
 
 import jax
@@ -15,6 +16,15 @@ from absl import logging
 from titok_var.evaluation import image_grid
 from titok_var import registry
 from titok_var.training import inference
+
+
+SOURCE_FILE = "source.json"  # which weights and settings made the samples beside it
+
+
+def sample_record(config, source: str, compute_dtype: str | None) -> dict:
+    """What made a folder of samples: generative eval reuses them only when this matches."""
+    sections = {name: config[name].to_dict() if name in config else None for name in ("sampling", "sample")}
+    return {"weights": source, **sections, "compute_dtype": compute_dtype}
 
 
 def class_balanced_labels(num_classes: int, num_per_class: int) -> np.ndarray:
@@ -57,6 +67,11 @@ def sample_checkpoint(config, workdir: str, step: int | None = None, devices=Non
     tmp = npz_path + ".tmp.npz"
     np.savez(tmp, arr_0=images, labels=labels[mine])
     os.replace(tmp, npz_path)
+    if jax.process_index() == 0:
+        record = sample_record(config, loaded.source, compute_dtype)
+        with open(os.path.join(out_dir, SOURCE_FILE + ".tmp"), "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+        os.replace(os.path.join(out_dir, SOURCE_FILE + ".tmp"), os.path.join(out_dir, SOURCE_FILE))
     if jax.process_index() == 0:
         per_class = min(settings.grid_per_class, settings.num_per_class)
         rows = [images[labels[mine] == c][:per_class].astype(np.float32) / 255.0

@@ -177,9 +177,10 @@ def upsample_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.repeat(np.repeat(mask, factor, axis=0), factor, axis=1)
 
 
-def edit_mode(inpaint: bool, class_label: int | None) -> str:
+def edit_mode(inpaint: bool, class_label: int | None, num_classes: int | None = None) -> str:
     mode = "inpaint" if inpaint else "outpaint"
-    return mode if class_label is None else f"{mode}_class{int(class_label)}"
+    null = class_label is None or (num_classes is not None and int(class_label) == num_classes)
+    return mode if null else f"{mode}_class{int(class_label)}"
 
 
 def write_edit_outputs(out_dir: str, image: np.ndarray, keep_mask: np.ndarray, edits: np.ndarray, *,
@@ -207,12 +208,17 @@ def write_edit_outputs(out_dir: str, image: np.ndarray, keep_mask: np.ndarray, e
 
 
 def edit_output_dir(workdir: str, image_path, mode: str) -> str:
-    """<workdir>/edits/<image stem>_<mode>_<NNN>: a new folder per run, so no edit replaces another."""
+    """Creates and returns <workdir>/edits/<image stem>_<mode>_<NNN>: a new folder per run (claimed
+    with mkdir, so two runs at once never share one), so no edit replaces another."""
     base = os.path.join(workdir, "edits", f"{pathlib.Path(image_path).stem}_{mode}")
+    os.makedirs(os.path.dirname(base), exist_ok=True)
     run = 1
-    while os.path.exists(f"{base}_{run:03d}"):
-        run += 1
-    return f"{base}_{run:03d}"
+    while True:
+        try:
+            os.mkdir(f"{base}_{run:03d}")
+            return f"{base}_{run:03d}"
+        except FileExistsError:
+            run += 1
 
 
 def edit_image(config, workdir: str, image_path, *, box=None, mask_path=None, inpaint: bool = True,
@@ -249,8 +255,10 @@ def edit_image(config, workdir: str, image_path, *, box=None, mask_path=None, in
                                     settings)
     edits = task.decode_samples(f_hat)
 
-    out_dir = output_dir or edit_output_dir(workdir, image_path, edit_mode(inpaint, class_label))
+    out_dir = output_dir or ""
     if jax.process_index() == 0:
+        out_dir = output_dir or edit_output_dir(workdir, image_path,
+                                                edit_mode(inpaint, class_label, int(config.model.num_classes)))
         write_edit_outputs(out_dir, image, keep_mask, edits, tokens=jax.device_get(tokens),
                            image_tokens=image_tokens, labels=labels)
         record = {"image": os.path.abspath(image_path), "box": list(box) if box is not None else None,
@@ -298,6 +306,9 @@ def define_flags(flag_values=flags.FLAGS) -> dict:
         top_k=flags.DEFINE_integer("top_k", None, "Top-k (default: config.sampling.top_k).", **fv),
         top_p=flags.DEFINE_float("top_p", None, "Top-p (default: config.sampling.top_p).", **fv),
         more_smooth=flags.DEFINE_bool("more_smooth", None, "Gumbel smoothing (default: config.sampling.more_smooth).", **fv),
+        compute_dtype=flags.DEFINE_enum("compute_dtype", None, ["float32", "bfloat16", "float16"],
+                                        "Compute dtype (default: an export's model.dtype, float32 for imported "
+                                        "weights; a checkpoint's config dtype).", **fv),
     )
 
 
@@ -310,7 +321,8 @@ def run_from_flags(values: dict) -> str:
         v["config"], v["workdir"], v["image"], box=None if v["box"] is None else parse_box(v["box"]),
         mask_path=v["mask"], inpaint=not v["outpaint"], class_label=v["class_label"],
         num_samples=v["num_samples"], seed=v["seed"], step=v["step"], cfg=v["cfg"], top_k=v["top_k"],
-        top_p=v["top_p"], more_smooth=v["more_smooth"], export_dir=v["export_dir"], output_dir=v["output_dir"])
+        top_p=v["top_p"], more_smooth=v["more_smooth"], export_dir=v["export_dir"], output_dir=v["output_dir"],
+        compute_dtype=v["compute_dtype"])
 
 
 if __name__ == "__main__":

@@ -45,6 +45,14 @@ class InferenceParams:
         return self.exp.config
 
 
+def describe_source(workdir: str | None, step: int | None, export_dir: str | None) -> str:
+    """"export <dir>" or "checkpoint <workdir>/checkpoints step N": what inference outputs record."""
+    if export_dir:
+        return f"export {os.path.abspath(export_dir)}"
+    directory = os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
+    return f"checkpoint {directory} step {step}"
+
+
 def read_export_json(export_dir: str, name: str) -> dict:
     path = os.path.join(export_dir, name)
     if not os.path.isfile(path):
@@ -84,9 +92,8 @@ def load_inference_params(config, workdir: str | None = None, *, step: int | Non
     config = with_dtype(config, compute_dtype)
     exp = trainer.build_experiment(config, workdir, devices)
     state, step = trainer.restore_checkpoint(exp, workdir, step, purpose)
-    directory = os.path.join(workdir, "checkpoints")
     return InferenceParams(exp, evaluation.eval_params(state, config), int(step),
-                           f"checkpoint {directory} step {step}", task_state=state.task_state)
+                           describe_source(workdir, step, None), task_state=state.task_state)
 
 
 def _from_export(config, export_dir: str, workdir: str | None, devices, compute_dtype) -> InferenceParams:
@@ -118,7 +125,7 @@ def _from_export(config, export_dir: str, workdir: str | None, devices, compute_
     task_state = None
     if getattr(exp.task, "eval_uses_task_state", False):  # e.g. TiTok stage 1 scores against its VQGAN
         task_state = state_init.initial_task_state(exp.task, config, exp.mesh, exp.rules, exp.layout)
-    return InferenceParams(exp, params, step, f"export {export_dir}", task_state=task_state)
+    return InferenceParams(exp, params, step, describe_source(None, None, export_dir), task_state=task_state)
 
 
 def evaluate(config, workdir: str, *, step: int | None = None, export_dir: str | None = None, devices=None,

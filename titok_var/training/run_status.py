@@ -1,4 +1,5 @@
-"""<workdir>/train_status.json: how the last training run ended ("complete" or "preempted").
+"""<workdir>/train_status.json: how the last training run ended: "complete", "preempted" (run
+again to resume) or "failed" (an error a restart would meet again).
 
 Every clean stop of `main.py --mode train` exits 0; this file is how a launch script tells
 "stopped early, run again" from "done" (`python -m titok_var.tools.run_status WORKDIR`).
@@ -12,10 +13,17 @@ from etils import epath
 STATUS_FILE = "train_status.json"
 
 
-def write_status(workdir: str, status: str, step: int, num_steps: int) -> None:
+def write_status(workdir: str, status: str, step: int | None = None, num_steps: int | None = None,
+                 error: str | None = None) -> None:
+    record = {"status": status}
+    if step is not None:
+        record.update(step=step, num_steps=num_steps)
+    if error:
+        record["error"] = error[:2000]
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     path = epath.Path(workdir) / STATUS_FILE
     tmp = epath.Path(workdir) / (STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps({"status": status, "step": step, "num_steps": num_steps}))
+    tmp.write_text(json.dumps(record))
     tmp.replace(path)
 
 
@@ -32,6 +40,7 @@ def read_status(workdir: str) -> dict:
     if not path.exists():
         return {"status": "unknown"}
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except ValueError:
         return {"status": "unknown"}
+    return record if isinstance(record, dict) and "status" in record else {"status": "unknown"}

@@ -169,11 +169,19 @@ def train(config, workdir: str, *, devices=None, step_callback: Callable | None 
 
     The config is checked first (seconds, before any model or data work); the work dir is locked
     for the run (`workdir_lock`)."""
-    config_checks.check_training_config(config, devices)
+    try:
+        config_checks.check_training_config(config, devices)
+    except config_checks.ConfigError as e:
+        write_status(workdir, "failed", error=str(e))
+        raise
     with workdir_lock.hold(workdir):
         if jax.process_index() == 0:  # a crash of this run must not leave an earlier run's status behind
             run_status.clear_status(workdir)
-        return _train(config, workdir, devices, step_callback)
+        try:
+            return _train(config, workdir, devices, step_callback)
+        except Exception as e:  # a restart would meet the same error: launch scripts stop retrying
+            write_status(workdir, "failed", error=f"{type(e).__name__}: {e}")
+            raise
 
 
 def _train(config, workdir: str, devices, step_callback) -> TrainResult:
@@ -270,10 +278,11 @@ def _train_loop(exp: Experiment, checkpointer: Checkpointer, step_callback) -> T
 STATUS_FILE = run_status.STATUS_FILE
 
 
-def write_status(workdir: str, status: str, step: int, num_steps: int) -> None:
+def write_status(workdir: str, status: str, step: int | None = None, num_steps: int | None = None,
+                 error: str | None = None) -> None:
     """How this run ended, for launch scripts (process 0; see training/run_status.py)."""
     if jax.process_index() == 0:
-        run_status.write_status(workdir, status, step, num_steps)
+        run_status.write_status(workdir, status, step, num_steps, error)
 
 
 def restore_checkpoint(exp: Experiment, workdir: str, step: int | None = None, purpose: str = "restore"):

@@ -1,8 +1,10 @@
 """One training run per work dir: process 0 holds `<workdir>/train.lock` (host, pid, start time).
 
 A second run refuses, naming the holder; a lock left by a dead process on this host (kill -9, a
-crash) is taken over with a warning. Locks on another host cannot be checked for liveness and are
-respected: delete the file after making sure that run is gone. Object-store work dirs (gs://...)
+crash), or by an earlier run of the same SLURM job (a requeue onto another node), is taken over
+with a warning. Other locks on another host cannot be checked for liveness and are respected:
+delete the file after making sure that run is gone. Two runs starting at the same moment on one
+stale lock may both take it over (the file is not an OS lock, so that it works on shared storage). Object-store work dirs (gs://...)
 have no atomic create, so they are not locked.
 """
 
@@ -13,7 +15,9 @@ import os
 import socket
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 LOCK_FILE = "train.lock"
 
@@ -50,32 +54,49 @@ def _try_create(path: str, record: dict) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def hold(workdir: str):
-    """Holds the work dir's training lock for the `with` block (process 0 of local work dirs)."""
-    if jax.process_index() != 0 or "://" in workdir:
-        yield
-        return
+def _acquire(workdir: str) -> str:
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
-    record = {"host": socket.gethostname(), "pid": os.getpid(),
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if _try_create(path, record):
+        return path
+    holder = _read(path)
+    dead_here = (holder.get("host") == record["host"] and isinstance(holder.get("pid"), int)
+                 and not _alive(holder["pid"]))
+    # A requeued SLURM job may land on another node: its own earlier lock is stale too.
+    same_job = record["slurm_job_id"] is not None and holder.get("slurm_job_id") == record["slurm_job_id"]
+    if not (dead_here or same_job):
+        raise WorkdirLockedError(
+            f"{workdir} is in use by another training run (host {holder.get('host')}, pid {holder.get('pid')}, "
+            f"started {holder.get('started')}; {path}). Use another --workdir, or delete the lock file once "
+            "that run is gone.")
+    logging.warning("taking over the stale lock %s of pid %s on %s (started %s)", path, holder.get("pid"),
+                    holder.get("host"), holder.get("started"))
+    os.remove(path)
     if not _try_create(path, record):
-        holder = _read(path)
-        same_host = holder.get("host") == record["host"]
-        if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-            logging.warning("taking over the stale lock %s of pid %s (started %s), which is no longer running",
-                            path, holder.get("pid"), holder.get("started"))
-            os.remove(path)
-            if not _try_create(path, record):
-                raise WorkdirLockedError(f"{workdir} was locked again while taking over a stale lock: {_read(path)}")
-        else:
-            raise WorkdirLockedError(
-                f"{workdir} is in use by another training run (host {holder.get('host')}, pid {holder.get('pid')}, "
-                f"started {holder.get('started')}; {path}). Use another --workdir, or delete the lock file once "
-                "that run is gone.")
+        raise WorkdirLockedError(f"{workdir} was locked again while taking over a stale lock: {_read(path)}")
+    return path
+
+
+@contextlib.contextmanager
+def hold(workdir: str):
+    """Holds the work dir's training lock for the `with` block (process 0 of local work dirs; every
+    process refuses together when it is taken)."""
+    path, error = None, None
+    if jax.process_index() == 0 and "://" not in workdir:
+        try:
+            path = _acquire(workdir)
+        except WorkdirLockedError as e:
+            error = e
+    if jax.process_count() > 1:
+        ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+        if not ok:
+            raise error or WorkdirLockedError(f"{workdir} is in use by another training run (see process 0's log)")
+    elif error is not None:
+        raise error
     try:
         yield
     finally:
-        if _read(path).get("pid") == record["pid"]:
+        if path is not None and _read(path).get("pid") == os.getpid():
             os.remove(path)

@@ -50,8 +50,12 @@ def load(path: str) -> dict[str, np.ndarray]:
         dtype = info.get("dtype") if isinstance(info, dict) else None
         if dtype not in _READ_DTYPES:
             raise CorruptSafetensorsError(f"{path}: tensor {name} has unsupported dtype {dtype!r}")
-        begin, end = info["data_offsets"]
-        shape = tuple(int(s) for s in info["shape"])
+        offsets, shape = info.get("data_offsets"), info.get("shape")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise CorruptSafetensorsError(f"{path}: the header entry of tensor {name} is damaged: {info}")
+        begin, end = offsets
+        shape = tuple(shape)
         expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(_READ_DTYPES[dtype]).itemsize
         if not 0 <= begin <= end <= len(data) or end - begin != expected:
             raise CorruptSafetensorsError(

@@ -20,6 +20,7 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -48,6 +49,10 @@ _NUMPY_STORAGES = {
     np.dtype("int8"): "CharStorage", np.dtype("uint8"): "ByteStorage", np.dtype("bool"): "BoolStorage",
 }
 _REBUILD_FUNCTIONS = ("_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter")
+
+
+_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+                  OverflowError, MemoryError, RecursionError)
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -83,6 +88,11 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *_ignored) -
         raise CorruptCheckpointError(f"tensor of size {size} stride {stride} offset {offset} is not valid")
     if 0 in size:
         return np.zeros(size, storage.dtype)
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel > storage.size:  # an expanded (stride-0) view: never in a state dict, a bomb otherwise
+        raise CorruptCheckpointError(f"tensor of size {size} has more elements than its storage ({storage.size})")
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= storage.size:
         raise CorruptCheckpointError(
@@ -102,6 +112,32 @@ def _rebuild_parameter(data, requires_grad=False, hooks=None, *_):
     return data
 
 
+# Opcodes a torch.save pickle uses (BUILD sets the `_metadata` attribute of a module's state-dict
+# OrderedDict); other object construction (INST, OBJ, NEWOBJ, EXT*) is refused before anything is
+# unpickled. Every resolved global is a fresh object, so BUILD can only change throwaways.
+_ALLOWED_OPCODES = frozenset({
+    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "DUP", "NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT",
+    "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING",
+    "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
+    "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_LIST", "LIST", "APPEND", "APPENDS", "EMPTY_DICT",
+    "DICT", "SETITEM", "SETITEMS", "GET", "BINGET", "LONG_BINGET", "PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE",
+    "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "PERSID", "BINPERSID",
+})
+
+
+def _check_opcodes(data: bytes, source: str) -> None:
+    try:
+        for opcode, _, _ in pickletools.genops(data):
+            if opcode.name not in _ALLOWED_OPCODES:
+                raise UnsafeCheckpointError(
+                    f"{source}: the pickle uses the {opcode.name} opcode, which tensor checkpoints never need "
+                    "(nothing was executed)")
+    except UnsafeCheckpointError:
+        raise
+    except Exception as e:  # genops raises ValueError and others on a damaged stream
+        raise CorruptCheckpointError(f"{source}: the pickle of the checkpoint is damaged ({e})") from e
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, source: str, load_storage):
         super().__init__(file)
@@ -109,17 +145,19 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._load_storage = load_storage
 
     def find_class(self, module, name):
+        # Fresh objects each time: a BUILD opcode aimed at them cannot alter this module or collections.
         if module == "collections" and name == "OrderedDict":
-            return collections.OrderedDict
+            return type("OrderedDict", (collections.OrderedDict,), {})
         if module == "torch._utils" and name in _REBUILD_FUNCTIONS:
-            return {"_rebuild_tensor_v2": _rebuild_tensor, "_rebuild_tensor_v3": _rebuild_tensor_v3,
-                    "_rebuild_parameter": _rebuild_parameter}[name]
+            rebuild = {"_rebuild_tensor_v2": _rebuild_tensor, "_rebuild_tensor_v3": _rebuild_tensor_v3,
+                       "_rebuild_parameter": _rebuild_parameter}[name]
+            return lambda *args: rebuild(*args)
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
         if module == "torch" and name in _DTYPE_STORAGES:
             return _DType(name)
         if module == "torch" and name == "Size":
-            return tuple
+            return lambda *args: tuple(*args)
         raise UnsafeCheckpointError(
             f"{self._source}: the pickle asks for the global {module}.{name}; only tensors, storages and "
             "OrderedDict are read from checkpoints (nothing was executed)")
@@ -199,13 +237,14 @@ def _load_zip(path: str) -> object:
 
 
 def _unpickle(file, path: str, load_storage):
+    _check_opcodes(file.getvalue(), path)
     unpickler = _RestrictedUnpickler(file, path, load_storage)
     unpickler.find_class = _wrap_rebuilders(unpickler.find_class)
     try:
         return _convert_tree(unpickler.load())
     except (UnsafeCheckpointError, CorruptCheckpointError):
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+    except _PICKLE_ERRORS as e:
         raise CorruptCheckpointError(f"{path}: the pickle of the checkpoint is damaged ({type(e).__name__}: {e})") from e
 
 
@@ -220,12 +259,29 @@ def _wrap_rebuilders(find_class):
     return wrapped
 
 
+def _scan_next_pickle(f, path: str) -> None:
+    """Checks the opcodes of the pickle starting at f's position, then rewinds."""
+    start = f.tell()
+    try:
+        ops = list(pickletools.genops(f))
+    except Exception as e:
+        raise CorruptCheckpointError(f"{path}: the pickle of the checkpoint is damaged ({e})") from e
+    bad = [op.name for op, _, _ in ops if op.name not in _ALLOWED_OPCODES]
+    if bad:
+        raise UnsafeCheckpointError(f"{path}: the pickle uses the {bad[0]} opcode, which tensor checkpoints never "
+                                    "need (nothing was executed)")
+    f.seek(start)
+
+
 def _load_legacy(path: str) -> object:
     with open(path, "rb") as f:
         def header(what):
+            _scan_next_pickle(f, path)
             try:
                 return _RestrictedUnpickler(f, path, _no_storage(path)).load()
-            except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            except UnsafeCheckpointError:
+                raise
+            except _PICKLE_ERRORS as e:
                 raise CorruptCheckpointError(f"{path}: legacy torch checkpoint, {what} unreadable ({e})") from e
 
         if header("magic number") != LEGACY_MAGIC:
@@ -244,13 +300,18 @@ def _load_legacy(path: str) -> object:
 
         unpickler = _RestrictedUnpickler(f, path, load_storage)
         unpickler.find_class = _deferred_rebuilders(unpickler.find_class)
+        _scan_next_pickle(f, path)
         try:
             tree = unpickler.load()
+            _scan_next_pickle(f, path)
             keys = _RestrictedUnpickler(f, path, _no_storage(path)).load()
         except (UnsafeCheckpointError, CorruptCheckpointError):
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as e:
+        except _PICKLE_ERRORS as e:
             raise CorruptCheckpointError(f"{path}: the pickle of the checkpoint is damaged ({e})") from e
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise CorruptCheckpointError(f"{path}: the list of storages is damaged")
+        remaining = os.fstat(f.fileno()).st_size
         for key in keys:
             if key not in requested:
                 raise CorruptCheckpointError(f"{path}: storage {key} is listed but never used")
@@ -260,11 +321,19 @@ def _load_legacy(path: str) -> object:
                 raise CorruptCheckpointError(f"{path}: truncated before storage {key}")
             (count,) = struct.unpack("<q", count_bytes)
             nbytes = count * storage_type.dtype.itemsize
+            if count < 0 or nbytes > remaining - f.tell():
+                raise CorruptCheckpointError(f"{path}: truncated in storage {key} ({nbytes} bytes announced, "
+                                             f"{max(remaining - f.tell(), 0)} left)")
             raw = f.read(nbytes)
-            if count < 0 or len(raw) != nbytes:
+            if len(raw) != nbytes:
                 raise CorruptCheckpointError(f"{path}: truncated in storage {key} ({len(raw)} of {nbytes} bytes)")
             holder[0] = _finish(np.frombuffer(raw, storage_type.dtype), storage_type)
-        return _convert_tree(_resolve_deferred(tree, path))
+        try:
+            return _convert_tree(_resolve_deferred(tree, path))
+        except (UnsafeCheckpointError, CorruptCheckpointError):
+            raise
+        except _PICKLE_ERRORS as e:
+            raise CorruptCheckpointError(f"{path}: the checkpoint's tensors are damaged ({type(e).__name__}: {e})") from e
 
 
 class _Deferred:
