@@ -13,32 +13,18 @@ set -uo pipefail
 : "${ZONE:?set ZONE}"
 : "${CONFIG:?set CONFIG to a configs/*.py file}"
 : "${WORKDIR:?set WORKDIR (a gs:// path all workers share)}"
-REPO_DIR="${REPO_DIR:-~/titok_var}"
-MAX_RESTARTS="${MAX_RESTARTS:-20}"
-BACKOFF_S="${BACKOFF_S:-60}"
-PYTHON="${PYTHON:-python}"
-extra=""
-if [ "$#" -gt 0 ]; then extra=$(printf ' %q' "$@"); fi
+source "$(dirname "$0")/tpu_attempt.sh" "$@"
 
 for attempt in $(seq 0 "$MAX_RESTARTS"); do
   if [ "$attempt" -gt 0 ]; then
     echo "restart $attempt of $MAX_RESTARTS in $((BACKOFF_S * attempt)) s"
     sleep $((BACKOFF_S * attempt))
   fi
-  "$PYTHON" -m titok_var.tools.run_status --clear "$WORKDIR" > /dev/null  # this attempt's status only
-  gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command \
-    "cd $REPO_DIR && python main.py --config $CONFIG --workdir $WORKDIR --distributed$extra"
-  rc=$?
-  status=$("$PYTHON" -m titok_var.tools.run_status "$WORKDIR")
-  code=$?
-  if [ "$code" -eq 5 ]; then
-    echo "training failed: $status (exit status $rc); not restarted" >&2
-    exit 1
-  fi
-  case $code in
-    0) echo "training complete: $status"; exit 0 ;;
-    3) echo "stopped early: $status" ;;
-    *) echo "the run ended without a status (ssh/training exit status $rc): $status" >&2 ;;
+  run_attempt ""
+  case $ATTEMPT_CODE in
+    0) echo "training complete: $ATTEMPT_STATUS"; exit 0 ;;
+    3) echo "stopped early: $ATTEMPT_STATUS" ;;
+    *) echo "the run ended without a status (ssh/training exit status $ATTEMPT_RC): $ATTEMPT_STATUS" >&2 ;;
   esac
 done
 echo "not complete after $MAX_RESTARTS restarts" >&2

@@ -16,15 +16,10 @@ set -uo pipefail
 : "${RUNTIME:?set RUNTIME, the TPU VM image version}"
 : "${CONFIG:?set CONFIG to a configs/*.py file}"
 : "${WORKDIR:?set WORKDIR (a gs:// path all workers share)}"
-REPO_DIR="${REPO_DIR:-~/titok_var}"
 SETUP_COMMAND="${SETUP_COMMAND:-true}"
-MAX_RESTARTS="${MAX_RESTARTS:-20}"
-BACKOFF_S="${BACKOFF_S:-60}"
 POLL_S="${POLL_S:-30}"
 WAIT_ACTIVE_S="${WAIT_ACTIVE_S:-7200}"
-PYTHON="${PYTHON:-python}"
-extra=""
-if [ "$#" -gt 0 ]; then extra=$(printf ' %q' "$@"); fi
+source "$(dirname "$0")/tpu_attempt.sh" "$@"
 
 qr_state() {
   gcloud compute tpus queued-resources describe "$QR_NAME" --zone "$ZONE" --format='value(state.state)' 2>/dev/null \
@@ -56,25 +51,16 @@ for round in $(seq 0 "$MAX_RESTARTS"); do
     sleep "$POLL_S"
     waited=$((waited + POLL_S))
   done
-  "$PYTHON" -m titok_var.tools.run_status --clear "$WORKDIR" > /dev/null  # this round's status only
-  gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command \
-    "cd $REPO_DIR && $SETUP_COMMAND && python main.py --config $CONFIG --workdir $WORKDIR --distributed$extra"
-  rc=$?
-  status=$("$PYTHON" -m titok_var.tools.run_status "$WORKDIR")
-  code=$?
-  if [ "$code" -eq 5 ]; then
-    echo "training failed: $status (exit status $rc); not restarted" >&2
-    exit 1
-  fi
-  case $code in
+  run_attempt "$SETUP_COMMAND && "
+  case $ATTEMPT_CODE in
     0)
-      echo "training complete: $status"
+      echo "training complete: $ATTEMPT_STATUS"
       if [ "${KEEP_TPU:-0}" != 1 ]; then
         gcloud compute tpus queued-resources delete "$QR_NAME" --zone "$ZONE" --force --quiet
       fi
       exit 0 ;;
-    3) echo "stopped early: $status" ;;
-    *) echo "the run ended without a status (exit status $rc): $status" >&2 ;;
+    3) echo "stopped early: $ATTEMPT_STATUS" ;;
+    *) echo "the run ended without a status (exit status $ATTEMPT_RC): $ATTEMPT_STATUS" >&2 ;;
   esac
 done
 echo "not complete after $MAX_RESTARTS restarts" >&2
