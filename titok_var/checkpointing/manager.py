@@ -143,13 +143,16 @@ class Checkpointer:
             raise CheckpointMismatchError(f"{where} does not fit this model: {problem}")
         return meta
 
-    def restore(self, step: int, abstract_state: TrainState, shardings: TrainState, model_name: str):
-        """Restores `step` into the given shardings (any mesh); returns (state, meta)."""
+    def restore(self, step: int, abstract_state: TrainState, shardings: TrainState, model_name: str,
+                verified: bool = False):
+        """Restores `step` into the given shardings (any mesh); returns (state, meta). `verified`:
+        the caller has just checked its checksums (newest_intact_step), so they are not read twice."""
         if step not in self.manager.all_steps():
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
             )
-        self.verify(step)
+        if not verified:
+            self.verify(step)
         try:
             meta = self.check_compatible(step, model_name, abstract_state.params)
         except CheckpointMismatchError:

@@ -120,13 +120,15 @@ def jit_train_step(exp: Experiment):
 
 def restore_or_create(exp: Experiment, checkpointer: Checkpointer, step: int | None = None):
     """The newest (or the given) checkpoint of the work dir, else a fresh state."""
-    if step is None:  # training: the newest step that passes its checksums
+    verified = step is None
+    if verified:  # training: the newest step that passes its checksums
         step = checkpointer.newest_intact_step()
     if step is None:
         logging.info("no checkpoint in %s: initialising from seed %d", exp.workdir, exp.config.seed)
         return state_init.create_train_state(exp.task, exp.tx, exp.config, exp.mesh, exp.rules, exp.layout)
     logging.info("restoring step %d from %s", step, checkpointer.directory)
-    state, _ = checkpointer.restore(step, exp.layout.abstract, exp.layout.shardings, exp.config.model_name)
+    state, _ = checkpointer.restore(step, exp.layout.abstract, exp.layout.shardings, exp.config.model_name,
+                                    verified=verified)
     return state
 
 
