@@ -381,7 +381,12 @@ def test_dropped_iterator_stops_its_producer():
 
 def test_process_exits_despite_live_pipeline_after_error():
     # An uncaught error in a training loop must end the process, not hang it on pipeline threads.
+    # The hook registered first runs last: by then no prefetch thread may still be running, as a daemon
+    # thread caught in numpy's C++ at finalisation aborts the process instead of exiting with status 3.
     script = (
+        "import atexit, threading\n"
+        "atexit.register(lambda: print('live prefetch threads at finalisation:', sum("
+        "t.name == 'titok_var_data_prefetch' and t.is_alive() for t in threading.enumerate())))\n"
         "from titok_var.data import pipeline, shapes\n"
         "batches = pipeline.train_batches(shapes.ShapesSource(512, 256), image_size=256, "
         "global_batch_size=64, seed=0, num_workers=2)\n"
@@ -391,6 +396,7 @@ def test_process_exits_despite_live_pipeline_after_error():
     repo_root = pathlib.Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", script], cwd=repo_root, timeout=60, capture_output=True)
     assert result.returncode == 3, result.stderr.decode()[-2000:]
+    assert "live prefetch threads at finalisation: 0" in result.stdout.decode()
 
 
 # ----------------------------------------------------------------------------- tfds

@@ -11,9 +11,12 @@ Images are decoded and transformed in a thread pool (PIL releases the GIL) and w
 batches are built ahead by one daemon thread per pipeline. tf.data with tf.numpy_function
 was tried first and dropped: a pipeline still alive at interpreter exit (e.g. after an
 uncaught exception in the training loop) deadlocked the exit, as TF's threads waited on a
-Python that was finalising.
+Python that was finalising. The prefetch threads are daemons, and an exit hook stops and joins
+the live ones: a daemon thread still inside numpy's C++ when the interpreter finalises is
+unwound by pthread_exit and aborts the process ("terminate called without an active exception").
 """
 
+import atexit
 import bisect
 import concurrent.futures
 import dataclasses
@@ -31,6 +34,7 @@ from titok_var.data.sources import CorruptImageError, ImageSource
 from titok_var.data.transforms import eval_transform, train_transform_with_flip
 
 _STOP_POLL_SECONDS = 0.1  # how often a blocked producer checks whether its consumer has gone
+_EXIT_JOIN_SECONDS = 60.0  # at exit, how long to wait for a producer to finish the batch it is building
 _AUGMENTATION_STREAM = 1  # distinguishes default_rng([seed, 1, p]) from default_rng([seed, epoch])
 
 Example = tuple[np.ndarray, int]
@@ -259,12 +263,40 @@ def _produce_batches(
 ) -> None:
     """Producer thread body: queues ("batch", b) per step, then ("end", None) or ("error", e)."""
     try:
+        _queue_batches(build_batch, steps, out, stop)
+    finally:
+        with _live_producers_lock:
+            _live_producers.pop(threading.current_thread(), None)
+
+
+def _queue_batches(
+    build_batch: Callable[[int], dict[str, np.ndarray]],
+    steps: Iterable[int],
+    out: queue.Queue,
+    stop: threading.Event,
+) -> None:
+    try:
         for step in steps:
             if stop.is_set() or not _put_unless_stopped(out, ("batch", build_batch(step)), stop):
                 return
         _put_unless_stopped(out, ("end", None), stop)
     except BaseException as error:  # handed to the consumer, which re-raises it
         _put_unless_stopped(out, ("error", error), stop)
+
+
+_live_producers: dict[threading.Thread, threading.Event] = {}
+_live_producers_lock = threading.Lock()
+
+
+@atexit.register
+def _stop_live_producers() -> None:
+    """Stops every prefetch thread before the interpreter finalises (see the module docstring)."""
+    with _live_producers_lock:
+        producers = list(_live_producers.items())
+    for _, stop in producers:
+        stop.set()
+    for thread, _ in producers:
+        thread.join(_EXIT_JOIN_SECONDS)
 
 
 def _prefetched(
@@ -277,6 +309,8 @@ def _prefetched(
     producer = threading.Thread(
         target=_produce_batches, args=(build_batch, steps, out, stop), name="titok_var_data_prefetch", daemon=True
     )
+    with _live_producers_lock:
+        _live_producers[producer] = stop
     producer.start()
     try:
         while True:
