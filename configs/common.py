@@ -108,7 +108,10 @@ def train_config(**overrides):
 def eval_config(**overrides):
     config = ml_collections.ConfigDict(
         dict(global_batch_size=256, num_examples=50_000, grid_images=8, checkpoint_step=-1, use_ema=True,
-             inception_weights="", reference_stats="")
+             inception_weights="", reference_stats="",
+             # Inception inputs as ADM's suite and torch-fidelity make them (the reference batches'
+             # statistics); "pytorch_fid" for statistics made by pytorch-fid.
+             inception_convention="adm")
     )
     config.update(overrides)
     return config
@@ -122,8 +125,13 @@ def data_config(**overrides):
             train_split="train",
             eval_split="validation",
             image_size=256,
-            random_crop=True,
+            random_crop=True,  # False: centre crop
             random_flip=True,
+            # Shorter side resized to round(resize_ratio * image_size) with this PIL filter, then cropped
+            # (torchvision's geometry): TiTok/MaskGIT 1.0 bicubic, VAR 1.125 LANCZOS.
+            resize_ratio=1.0,
+            resize_filter="bicubic",
+            alpha="drop",  # transparency: "drop" as the official loaders' convert("RGB"), or "white" to composite
             shapes_num_train=50_000,
             shapes_num_eval=1_000,
             seed=0,

@@ -56,8 +56,9 @@ def tokenizer_config(export_dir, image_data, **overrides):
 
 
 def sample_config(**overrides):
-    """--mode sample: images per class, seed, batch size."""
-    config = ml_collections.ConfigDict(dict(num_per_class=50, seed=42, global_batch_size=125, grid_per_class=4))
+    """--mode sample: images per class, seed, batch size, float-to-uint8 ("truncate" as the official sampler)."""
+    config = ml_collections.ConfigDict(dict(num_per_class=50, seed=42, global_batch_size=125, grid_per_class=4,
+                                            to_uint8="truncate"))
     config.update(overrides)
     return config
 

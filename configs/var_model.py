@@ -108,9 +108,12 @@ def var_config(depth: int, arg=None):
     config.loss = var_loss_config()
     config.sampling = var_sampling_config()
     config.sample = ml_collections.ConfigDict(
-        dict(num_per_class=50, seed=0, global_batch_size=250, grid_per_class=4))
+        dict(num_per_class=50, seed=0, global_batch_size=250, grid_per_class=4, to_uint8="truncate"))
     image_size = 512 if large else 256
-    image_data = common.data_config(name="imagenet2012", image_size=image_size, random_crop=False, random_flip=False)
+    # Pre-tokenization sees the official validation view of every image: shorter side 1.125x with LANCZOS,
+    # centre crop (the official trainer tokenizes a fresh random crop each step instead; README, Data).
+    image_data = common.data_config(name="imagenet2012", image_size=image_size, random_crop=False, random_flip=False,
+                                    resize_ratio=1.125, resize_filter="lanczos")
     config.tokenizer = var_tokenizer_config(f"/ckpt/var_vqvae_export_{image_size}", image_data)
     config.data = common.data_config(name="tokens", data_dir=f"/data/var_tokens_{image_size}",
                                      train_split=image_data.train_split, eval_split=image_data.eval_split)

@@ -21,7 +21,7 @@ def get_config(arg=None):
     config.loss = var_model.var_loss_config()
     config.sampling = var_model.var_sampling_config(cfg=2.0, top_k=0, top_p=0.0)
     config.sample = common.ml_collections.ConfigDict(
-        dict(num_per_class=8, seed=42, global_batch_size=64, grid_per_class=8))
+        dict(num_per_class=8, seed=42, global_batch_size=64, grid_per_class=8, to_uint8="truncate"))
     image_data = tokenizer.data.copy_and_resolve_references()
     config.tokenizer = var_model.var_tokenizer_config("runs/var_quickstart/vqvae_export", image_data,
                                                       batch_size=256, shard_size=10_000, flips=False)

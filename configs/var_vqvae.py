@@ -18,7 +18,10 @@ def get_config(arg=None):
     config.optimizer = common.optimizer_config(learning_rate=1e-4, end_learning_rate=1e-5, warmup_steps=5_000,
                                                weight_decay=1e-4, b1=0.5, b2=0.9)
     config.train = common.train_config(num_steps=500_000, global_batch_size=256)
-    config.data = common.data_config(name="imagenet2012", image_size=256)
+    # The official loader (utils/data.py::build_dataset): shorter side round(1.125 * 256) = 288 with
+    # LANCZOS, a random 256 crop for training, the centre crop for evaluation, no flips.
+    config.data = common.data_config(name="imagenet2012", image_size=256, resize_ratio=1.125, resize_filter="lanczos",
+                                     random_crop=True, random_flip=False)
     if args.runlocal:
         config.model.update(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, code_dim=8, codebook_size=256,
                             patch_nums=(1, 2, 4, 8), norm_groups=8, dtype="float32")

@@ -147,8 +147,14 @@ def test_decode_image_bytes_converts_modes_to_rgb():
     np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
     rgba = np.concatenate([rgb, np.full((6, 5, 1), 255, np.uint8)], axis=-1)
     np.testing.assert_array_equal(decode_image_bytes(_png_bytes(rgba), "rgba"), rgb)
+    # Transparency: dropped as the official loaders' convert("RGB") (stored colours), or composited on white.
     transparent = np.zeros((2, 2, 4), np.uint8)
-    np.testing.assert_array_equal(decode_image_bytes(_png_bytes(transparent), "clear"), np.full((2, 2, 3), 255))
+    transparent[..., 0] = 90
+    np.testing.assert_array_equal(decode_image_bytes(_png_bytes(transparent), "clear"), transparent[..., :3])
+    np.testing.assert_array_equal(decode_image_bytes(_png_bytes(transparent), "clear", alpha="white"),
+                                  np.full((2, 2, 3), 255))
+    with pytest.raises(ValueError, match="unknown alpha handling 'black'"):
+        decode_image_bytes(_png_bytes(transparent), "clear", alpha="black")
     cmyk = io.BytesIO()
     Image.fromarray(rgb).convert("CMYK").save(cmyk, format="JPEG")
     assert decode_image_bytes(cmyk.getvalue(), "cmyk").shape == (6, 5, 3)
@@ -225,6 +231,67 @@ def test_resize_shorter_side_shapes():
     assert transforms.resize_shorter_side(same, 16) is same
     flat = np.full((50, 70, 3), 77, np.uint8)
     np.testing.assert_array_equal(transforms.resize_shorter_side(flat, 20), 77)
+
+
+# torchvision (transforms/functional.py): Resize(n) of a PIL image gives the shorter side n and the
+# longer side int(n * long / short); CenterCrop(S) takes top = int(round((H - S) / 2.0)) and the same
+# for left (Python's round: half to even). Expected (height, width, top, left) written out from those.
+TORCHVISION_GEOMETRY = [
+    # (height, width, shorter side, crop) -> (resized height, resized width, top, left)
+    ((375, 500, 256, 256), (256, 341, 0, 42)),   # 341.33 -> 341; (341 - 256) / 2 = 42.5 -> 42
+    ((375, 500, 512, 512), (512, 682, 0, 85)),   # 682.67 -> 682 (rounding would give 683)
+    ((373, 500, 256, 256), (256, 343, 0, 44)),   # 343.16 -> 343; 43.5 -> 44 (flooring would give 43)
+    ((357, 500, 256, 256), (256, 358, 0, 51)),   # 358.54 -> 358 (rounding would give 359)
+    ((683, 1024, 256, 256), (256, 383, 0, 64)),  # 383.81 -> 383; 63.5 -> 64
+    ((1024, 683, 512, 512), (767, 512, 128, 0)),  # 767.63 -> 767; 127.5 -> 128
+    ((375, 500, 288, 256), (288, 384, 16, 64)),  # VAR 256: shorter side round(1.125 * 256) = 288
+    ((373, 500, 576, 512), (576, 772, 32, 130)),  # VAR 512: 576; 772.12 -> 772
+]
+
+
+@pytest.mark.parametrize("case, expected", TORCHVISION_GEOMETRY)
+def test_resize_and_centre_crop_geometry_is_torchvision_s(case, expected):
+    height, width, shorter, crop = case
+    image = _pattern(height, width, 0)
+    resized = transforms.resize_shorter_side(image, shorter)
+    assert resized.shape[:2] == expected[:2]
+    top, left = expected[2:]
+    np.testing.assert_array_equal(transforms.center_crop(resized, crop), resized[top:top + crop, left:left + crop])
+
+
+@pytest.mark.parametrize("size, ratio, resample", [(256, 1.0, "BICUBIC"), (512, 1.0, "BICUBIC"),
+                                                    (256, 1.125, "LANCZOS"), (512, 1.125, "LANCZOS")])
+def test_eval_and_train_views_are_the_official_pil_pipelines(size, ratio, resample):
+    # TiTok/MaskGIT (1d-tokenizer data/webdataset_reader.py): Resize(S, bicubic, antialias) + CenterCrop(S)
+    # or RandomCrop(S) + flip. VAR (VAR utils/data.py::build_dataset): Resize(round(1.125 * S), LANCZOS) +
+    # CenterCrop(S) for validation, RandomCrop(S) without flips for training. torchvision resizes PIL images
+    # with Image.resize, so PIL itself is the reference here.
+    image = _pattern(333, 501, 3)
+    shorter = round(ratio * size)
+    resize = transforms.Resize(ratio, resample.lower())
+    expected_full = np.asarray(Image.fromarray(image).resize(
+        (int(shorter * 501 / 333), shorter), resample=getattr(Image.Resampling, resample))).astype(np.float32) / 255
+    left = int(round((expected_full.shape[1] - size) / 2.0))
+    top = int(round((expected_full.shape[0] - size) / 2.0))
+    np.testing.assert_array_equal(transforms.eval_transform(image, size, resize),
+                                  expected_full[top:top + size, left:left + size])
+    # Training: every view is an exact window of the same resized image, and windows move between draws.
+    offsets = set()
+    for seed in range(6):
+        view = transforms.train_transform(image, size, np.random.default_rng(seed), random_flip=False, resize=resize)
+        matches = [(y, x) for y in range(expected_full.shape[0] - size + 1) for x in range(expected_full.shape[1] - size + 1)
+                   if view[0, 0, 0] == expected_full[y, x, 0] and np.array_equal(view, expected_full[y:y + size, x:x + size])]
+        assert len(matches) == 1
+        offsets.add(matches[0])
+    assert len(offsets) > 1
+
+
+def test_resize_settings_are_checked():
+    with pytest.raises(ValueError, match="unknown resize filter 'nearest'"):
+        transforms.Resize(1.0, "nearest")
+    with pytest.raises(ValueError, match="at least 1"):
+        transforms.Resize(0.9)
+    assert transforms.resize_from_config({"resize_ratio": 1.125, "resize_filter": "lanczos"}).shorter_side(512) == 576
 
 
 def test_crops_and_flip():

@@ -241,7 +241,8 @@ def fast_fid(monkeypatch):
 
 def test_reference_statistics_are_the_adm_layout_of_the_plain_network(setup):
     with np.load(setup["reference"]) as data:
-        assert set(data.files) == {"mu", "sigma", "arr_0"}
+        assert set(data.files) == {"mu", "sigma", "arr_0", "inception_convention"}
+        assert str(data["inception_convention"]) == "adm"
         mu, sigma, acts = data["mu"], data["sigma"], data["arr_0"]
     assert mu.dtype == sigma.dtype == np.float64 and acts.shape == (NUM_CLASSES * PER_CLASS, 2048)
     np.testing.assert_allclose(acts, setup["pool_a"], rtol=1e-4, atol=1e-5)
@@ -276,6 +277,12 @@ def test_checkpoint_eval_of_existing_samples_against_their_own_reference(setup, 
         saved = json.load(f)
     assert saved["step"] == 5 and saved["reference_stats"] == setup["reference"]
     assert saved["gfid"] == metrics["gfid"] and saved["precision"] == 1.0
+    assert saved["inception_convention"] == "adm"
+    # Statistics are compared within one Inception input convention only.
+    other = _config(tmp_path, setup["weights"], setup["reference"])
+    other.eval.inception_convention = "pytorch_fid"
+    with pytest.raises(ValueError, match="'adm' convention.*'pytorch_fid' convention"):
+        generative_eval.generative_eval_checkpoint(other, str(workdir), step=5)
 
     # Samples for another per-class count are stale: the checkpoint is sampled again.
     calls = []

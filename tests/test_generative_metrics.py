@@ -265,18 +265,21 @@ def test_bilinear_resize_follows_torch_align_corners_false():
     down = inception.resize_bilinear(jnp.arange(4.0).reshape(1, 1, 4, 1), 1, 2)
     np.testing.assert_allclose(np.asarray(down).ravel(), [0.5, 2.5], atol=1e-7)
 
-    # Per-pixel reference of torch's formula on a random image, up- and downsampling.
+    # Per-pixel reference of torch's formula on a random image, up- and downsampling. torch's CPU
+    # kernel (aten/src/ATen/native/UpSample.h, area_pixel_compute_source_index) computes the source
+    # coordinate in float32 for float32 images.
     image = np.random.default_rng(9).random((13, 40), np.float32)
+    f32 = np.float32
 
     def reference(img, out_h, out_w):
         in_h, in_w = img.shape
         out = np.zeros((out_h, out_w))
         for i in range(out_h):
-            y = max((i + 0.5) * in_h / out_h - 0.5, 0.0)
+            y = float(max((f32(i) + f32(0.5)) * f32(in_h / out_h) - f32(0.5), f32(0.0)))
             y0 = int(y)
             y1, ly = min(y0 + 1, in_h - 1), y - y0
             for j in range(out_w):
-                x = max((j + 0.5) * in_w / out_w - 0.5, 0.0)
+                x = float(max((f32(j) + f32(0.5)) * f32(in_w / out_w) - f32(0.5), f32(0.0)))
                 x0 = int(x)
                 x1, lx = min(x0 + 1, in_w - 1), x - x0
                 out[i, j] = ((1 - ly) * ((1 - lx) * img[y0, x0] + lx * img[y0, x1])
@@ -285,6 +288,46 @@ def test_bilinear_resize_follows_torch_align_corners_false():
 
     got = inception.resize_bilinear(jnp.asarray(image)[None, :, :, None], 29, 17)
     np.testing.assert_allclose(np.asarray(got)[0, :, :, 0], reference(image, 29, 17), atol=1e-6)
+
+
+def _tf_resize_bilinear(images: np.ndarray, size: int, half_pixel_centers: bool) -> np.ndarray:
+    """TensorFlow's own ResizeBilinear kernel, the op inside the FID graph (independent reference)."""
+    import tensorflow as tf
+
+    return tf.raw_ops.ResizeBilinear(images=images, size=[size, size], align_corners=False,
+                                     half_pixel_centers=half_pixel_centers).numpy()
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_adm_inputs_are_tf1_resize_bilinear_on_the_0_255_scale(size):
+    # ADM's evaluator (guided-diffusion evaluations/evaluator.py) feeds uint8 pixels to the 2015 graph,
+    # whose head is ResizeBilinear (align_corners=False, half_pixel_centers=False) to 299, then
+    # Sub 128 and Mul 1/128; torch-fidelity's inception-v3-compat does the same.
+    images = np.random.default_rng(size).integers(0, 256, (2, size, size, 3)).astype(np.uint8)
+    expected = (_tf_resize_bilinear(images.astype(np.float32), 299, False) - 128.0) / 128.0
+    got = np.asarray(inception.preprocess(images, convention="adm"))
+    np.testing.assert_allclose(got, expected, atol=3e-5)
+    # [0, 1] floats of the same pixels are the same input.
+    from_floats = np.asarray(inception.preprocess(images.astype(np.float32) / 255.0, convention="adm"))
+    np.testing.assert_allclose(from_floats, expected, atol=3e-5)
+    # The default convention is ADM's, in the network too.
+    np.testing.assert_array_equal(np.asarray(inception.preprocess(images)), got)
+    assert inception.InceptionV3().input_convention == "adm"
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_pytorch_fid_inputs_are_half_pixel_bilinear_mapped_to_minus_one_one(size):
+    # pytorch-fid: F.interpolate(bilinear, align_corners=False) of [0, 1] images, then 2x - 1; TF's
+    # kernel with half_pixel_centers=True computes the same interpolation.
+    images = np.random.default_rng(size + 1).integers(0, 256, (2, size, size, 3)).astype(np.uint8)
+    expected = 2.0 * _tf_resize_bilinear(images.astype(np.float32) / 255.0, 299, True) - 1.0
+    got = np.asarray(inception.preprocess(images, convention="pytorch_fid"))
+    np.testing.assert_allclose(got, expected, atol=3e-6)
+    # The two conventions are far apart on real-looking inputs (so a mix-up cannot pass unseen).
+    adm = np.asarray(inception.preprocess(images, convention="adm"))
+    assert np.abs(adm - got).max() > 0.05
+    with pytest.raises(ValueError, match="unknown Inception input convention 'tf'"):
+        inception.preprocess(images, convention="tf")
 
 
 @pytest.fixture(scope="module")
@@ -453,7 +496,8 @@ def test_converter_round_trip_matches_an_independent_numpy_model(tmp_path):
     params = convert_inception.convert_state_dict(state_dict)
     convert_inception.check_params(params)
 
-    model = inception.InceptionV3(resize_input=False)
+    # The NumPy reference is pytorch-fid's (2x - 1 of [0, 1] pixels).
+    model = inception.InceptionV3(input_convention="pytorch_fid", resize_input=False)
     # 139 px is the smallest input whose last blocks still see a 3x3 grid, so the pooling
     # branches of Mixed_7b (average, padding excluded) and Mixed_7c (max) are exercised.
     images = np.random.default_rng(12).random((1, 139, 147, 3)).astype(np.float32)
@@ -473,7 +517,7 @@ def test_converter_round_trip_matches_an_independent_numpy_model(tmp_path):
         np.testing.assert_array_equal(pool2, pool)
         np.testing.assert_array_equal(logits2, logits)
     # The fc bias is kept and used only on request.
-    biased = inception.InceptionV3(resize_input=False, logits_with_bias=True)
+    biased = inception.InceptionV3(input_convention="pytorch_fid", resize_input=False, logits_with_bias=True)
     _, logits_b = biased.apply({"params": params}, images)
     # Two separately compiled programs: their fp32 logits differ by ~1e-5 on some CPUs.
     np.testing.assert_allclose(logits_b - logits, np.broadcast_to(state_dict["fc.bias"], (1, 1008)),

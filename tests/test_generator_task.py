@@ -82,3 +82,14 @@ def test_sharded_generator_training_matches_one_device(generator_config, tmp_pat
     config.mesh.update(data=1, fsdp=1)
     single = trainer.train(config, str(tmp_path / "single"), devices=jax.devices()[:1]).losses
     np.testing.assert_allclose([sharded[s] for s in (1, 2, 3)], [single[s] for s in (1, 2, 3)], rtol=2e-5)
+
+
+def test_samples_become_uint8_by_the_official_truncation_unless_rounding_is_asked():
+    # Official samplers: (clamp(x, 0, 1) * 255).to(uint8) (1d-tokenizer sample_imagenet_*.py) and
+    # .mul(255) then astype(uint8) (VAR), both truncating; "round" is the unbiased alternative.
+    values = np.asarray([-0.5, 0.0, 0.5 / 255, 0.999 / 255, 1.5 / 255, 254.5 / 255, 1.0, 2.0], np.float32)
+    np.testing.assert_array_equal(sample.to_uint8(values), [0, 0, 0, 0, 1, 254, 255, 255])
+    np.testing.assert_array_equal(sample.to_uint8(values, "round"), [0, 0, 0, 1, 2, 254, 255, 255])
+    assert maskgit_tiny.get_config().sample.to_uint8 == "truncate"
+    with pytest.raises(ValueError, match="unknown uint8 conversion 'floor'.*config.sample.to_uint8"):
+        sample.to_uint8(values, "floor")

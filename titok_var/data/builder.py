@@ -40,12 +40,12 @@ def build_source(data_config: ml_collections.ConfigDict, split: str) -> ImageSou
     if name == "image_folder":
         if data_dir is None:
             raise ValueError("data.name='image_folder' needs data.data_dir (the folder holding the split folders)")
-        return ImageFolderSource(pathlib.Path(data_dir) / dataset_split)
+        return ImageFolderSource(pathlib.Path(data_dir) / dataset_split, alpha=data_config.get("alpha", "drop"))
     # Imported lazily: tensorflow_datasets is slow to import and unneeded for the other sources.
     from titok_var.data.tfds_source import TfdsSource
 
     try:
-        return TfdsSource(name, dataset_split, data_dir=data_dir)
+        return TfdsSource(name, dataset_split, data_dir=data_dir, alpha=data_config.get("alpha", "drop"))
     except UnknownDatasetError as error:
         raise UnknownDatasetError(
             f"Unknown dataset name {name!r}: expected 'shapes', 'image_folder' or a tfds dataset name "

@@ -31,8 +31,9 @@ def list_class_images(class_dir: pathlib.Path) -> list[pathlib.Path]:
 class ImageFolderSource:
     """Images under `root/<class name>/...`; labels are indices of the sorted class names."""
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], alpha: str = "drop"):
         self.root = pathlib.Path(root)
+        self.alpha = alpha
         if not self.root.is_dir():
             raise DatasetNotFoundError(
                 f"Image folder {str(self.root)!r} does not exist or is not a directory; "
@@ -63,7 +64,7 @@ class ImageFolderSource:
 
     def load(self, index: int) -> tuple[np.ndarray, int]:
         path = self.files[index]
-        image = decode_image_bytes(path.read_bytes(), what=f"file {str(path)!r}")
+        image = decode_image_bytes(path.read_bytes(), what=f"file {str(path)!r}", alpha=self.alpha)
         return image, int(self.labels[index])
 
     def __repr__(self) -> str:

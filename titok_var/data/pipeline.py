@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from titok_var.data.sources import CorruptImageError, ImageSource
-from titok_var.data.transforms import eval_transform, train_transform_with_flip
+from titok_var.data.transforms import Resize, eval_transform, train_transform_with_flip
 
 _STOP_POLL_SECONDS = 0.1  # how often a blocked producer checks whether its consumer has gone
 _EXIT_JOIN_SECONDS = 60.0  # at exit, how long to wait for a producer to finish the batch it is building
@@ -146,6 +146,7 @@ def _train_example(
     seed: int,
     random_crop: bool,
     random_flip: bool,
+    resize: Resize,
     counter: _CorruptCounter,
 ) -> Example | None:
     loaded = _load_checked(source, index, counter)
@@ -154,16 +155,17 @@ def _train_example(
     image, label = loaded
     rng = example_rng(seed, position)
     pixels, flipped = train_transform_with_flip(image, image_size, rng, random_crop=random_crop,
-                                                random_flip=random_flip)
+                                                random_flip=random_flip, resize=resize)
     return pixels, label, index, flipped
 
 
-def _eval_example(source: ImageSource, index: int, *, image_size: int, counter: _CorruptCounter) -> Example | None:
+def _eval_example(source: ImageSource, index: int, *, image_size: int, resize: Resize,
+                  counter: _CorruptCounter) -> Example | None:
     loaded = _load_checked(source, index, counter)
     if loaded is None:
         return None
     image, label = loaded
-    return eval_transform(image, image_size), label
+    return eval_transform(image, image_size, resize), label
 
 
 @functools.lru_cache(maxsize=None)
@@ -183,6 +185,7 @@ def _build_train_batch(
     process_count: int,
     random_crop: bool,
     random_flip: bool,
+    resize: Resize,
     with_provenance: bool,
     executor: concurrent.futures.Executor,
     counter: _CorruptCounter,
@@ -196,6 +199,7 @@ def _build_train_batch(
         seed=seed,
         random_crop=random_crop,
         random_flip=random_flip,
+        resize=resize,
         counter=counter,
     )
     examples = list(executor.map(make_example, indices.tolist(), positions.tolist()))
@@ -225,13 +229,14 @@ def _build_eval_batch(
     global_batch_size: int,
     process_index: int,
     process_count: int,
+    resize: Resize,
     executor: concurrent.futures.Executor,
     counter: _CorruptCounter,
 ) -> dict[str, np.ndarray]:
     positions = host_positions(batch_index, global_batch_size, process_index, process_count)
     mask = positions < num_examples
     slots = np.flatnonzero(mask)
-    make_example = functools.partial(_eval_example, source, image_size=image_size, counter=counter)
+    make_example = functools.partial(_eval_example, source, image_size=image_size, resize=resize, counter=counter)
     examples = executor.map(make_example, positions[slots].tolist())
     images = np.zeros((len(positions), image_size, image_size, 3), dtype=np.float32)
     labels = np.zeros(len(positions), dtype=np.int32)
@@ -344,13 +349,15 @@ def train_batches(
     process_count: int = 1,
     random_crop: bool = True,
     random_flip: bool = True,
+    resize: Resize = Resize(),
     num_workers: int = 8,
     prefetch: int = 2,
     stats: PipelineStats | None = None,
     with_provenance: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless host batches from `start_step` on: {"image": float32 (L, S, S, 3) in [0, 1], "label": int32 (L,)};
-    `with_provenance` adds each row's "source_index" (int64) and "flipped" (bool)."""
+    `with_provenance` adds each row's "source_index" (int64) and "flipped" (bool). Each step draws fresh
+    crops and flips (from the seed and the example's stream position)."""
     _check_common(image_size, process_index, process_count, num_workers)
     local_batch_size(global_batch_size, process_count)  # validates the split
     if len(source) == 0:
@@ -369,6 +376,7 @@ def train_batches(
         process_count=process_count,
         random_crop=random_crop,
         random_flip=random_flip,
+        resize=resize,
         with_provenance=with_provenance,
         executor=_thread_pool(num_workers),
         counter=_CorruptCounter(stats if stats is not None else PipelineStats()),
@@ -384,6 +392,7 @@ def eval_batches(
     process_index: int = 0,
     process_count: int = 1,
     max_examples: int | None = None,
+    resize: Resize = Resize(),
     num_workers: int = 8,
     stats: PipelineStats | None = None,
     prefetch: int = 2,
@@ -406,6 +415,7 @@ def eval_batches(
         global_batch_size=global_batch_size,
         process_index=process_index,
         process_count=process_count,
+        resize=resize,
         executor=_thread_pool(num_workers),
         counter=_CorruptCounter(stats if stats is not None else PipelineStats()),
     )

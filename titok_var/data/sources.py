@@ -35,12 +35,18 @@ class ImageSource(Protocol):
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Converts any PIL mode to RGB, compositing transparent images on white."""
+ALPHA_MODES = ("drop", "white")
+
+
+def _to_rgb(image: Image.Image, alpha: str = "drop") -> Image.Image:
+    """Converts any PIL mode to RGB. alpha="drop" is the official loaders' `convert("RGB")` (colours
+    under transparent pixels kept as stored); "white" composites transparent images on white."""
+    if alpha not in ALPHA_MODES:
+        raise ValueError(f"unknown alpha handling {alpha!r}; expected one of {ALPHA_MODES}")
     if image.mode == "RGB":
         return image
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    if not has_alpha:
+    if alpha == "drop" or not has_alpha:
         return image.convert("RGB")
     # Colour values under transparent pixels are arbitrary, so show what a viewer would.
     rgba = image.convert("RGBA")
@@ -48,13 +54,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def decode_image_bytes(data: bytes, what: str) -> np.ndarray:
-    """Decodes encoded image bytes to uint8 (H, W, 3) RGB; `what` names the image in errors."""
+def decode_image_bytes(data: bytes, what: str, alpha: str = "drop") -> np.ndarray:
+    """Decodes encoded image bytes to uint8 (H, W, 3) RGB; `what` names the image in errors and
+    `alpha` says what becomes of transparency (`_to_rgb`)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             # `open` only parses the header; `load` decodes and so detects truncation.
             image.load()
-            rgb = _to_rgb(image)
+            rgb = _to_rgb(image, alpha)
             array = np.asarray(rgb, dtype=np.uint8)
     except _DECODE_ERRORS as error:
         raise CorruptImageError(f"Cannot decode image {what}: {type(error).__name__}: {error}") from error

@@ -66,8 +66,9 @@ def _check_features(features: Any, name: str) -> None:
 class TfdsSource:
     """A split of a prepared TFDS image-classification dataset, read by index."""
 
-    def __init__(self, name: str, split: str, data_dir: str | None = None):
+    def __init__(self, name: str, split: str, data_dir: str | None = None, alpha: str = "drop"):
         self.name = name
+        self.alpha = alpha
         self.split = split
         builder = _make_builder(name, data_dir)
         _check_random_access(builder, name, data_dir)
@@ -94,7 +95,7 @@ class TfdsSource:
     def load(self, index: int) -> tuple[np.ndarray, int]:
         record = self._records[index]
         what = f"{self.name}/{self.split}[{index}]"
-        return decode_image_bytes(record[IMAGE_KEY], what=what), int(record[LABEL_KEY])
+        return decode_image_bytes(record[IMAGE_KEY], what=what, alpha=self.alpha), int(record[LABEL_KEY])
 
     def __repr__(self) -> str:
         return f"TfdsSource(name={self.name!r}, split={self.split!r}, data_dir={self.data_dir!r}, num_examples={len(self)})"

@@ -10,10 +10,17 @@ layout with 1008 classes, no auxiliary head, and the FID-specific blocks of pyto
 Every convolution is bias-free and followed by a BatchNorm (eps 1e-3) in inference mode, i.e. a
 fixed per-channel affine map computed from the stored scale/bias/mean/var, and a ReLU.
 
-Pre-processing follows pytorch-fid's `InceptionV3(resize_input=True, normalize_input=True)`:
-images in [0, 1] are resized to 299x299 with bilinear interpolation (align_corners=False, no
-antialiasing, the formula of `torch.nn.functional.interpolate`), then mapped to [-1, 1].
-Integer (uint8) images are divided by 255 first.
+Two input conventions (`input_convention`), as the two families of reference statistics saw them:
+
+* "adm" (default): the TF graph's own head, used by ADM's evaluation suite (the reference batches
+  of gFID/IS/precision/recall) and by torch-fidelity (TiTok's evaluator): pixels on the 0-255
+  scale, TF1 `ResizeBilinear` to 299x299 (align_corners=False, half_pixel_centers=False: source
+  coordinate i * in/out), then (x - 128) / 128.
+* "pytorch_fid": pytorch-fid's `InceptionV3(resize_input=True, normalize_input=True)`: images in
+  [0, 1], `torch.nn.functional.interpolate` bilinear (half-pixel centres, align_corners=False),
+  then 2x - 1.
+
+Neither antialiases when shrinking. The two differ by up to 0.19 (25 levels) on 256 px inputs.
 
 The model returns the 2048-d pool features (FID, precision/recall) and the 1008-way logits
 (Inception Score). The logits leave out the fc bias by default, as the ADM suite and
@@ -38,22 +45,38 @@ NUM_LOGITS = 1008
 BATCH_NORM_EPS = 1e-3
 # Smallest input the network accepts without resizing (every VALID stage keeps >= 1 pixel).
 MIN_UNRESIZED_SIZE = 75
+# Inception input conventions: ADM's TF graph (reference batches, torch-fidelity) and pytorch-fid.
+ADM = "adm"
+PYTORCH_FID = "pytorch_fid"
+INPUT_CONVENTIONS = (ADM, PYTORCH_FID)
 
 Dtype = Any
 
 
-def bilinear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+def check_input_convention(convention: str) -> str:
+    if convention not in INPUT_CONVENTIONS:
+        raise ValueError(f"unknown Inception input convention {convention!r}; expected one of {INPUT_CONVENTIONS}")
+    return convention
+
+
+def bilinear_resize_matrix(in_size: int, out_size: int, half_pixel_centers: bool = True) -> np.ndarray:
     """(out_size, in_size) float64 weights of a 1-D bilinear resize, align_corners=False.
 
-    Matches `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)` given an
-    output size: source coordinate (i + 0.5) * in/out - 0.5, clamped below at 0, and the upper
-    neighbour clamped to the last pixel. No antialiasing when downsampling.
+    half_pixel_centers=True matches `torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False)`: source coordinate (i + 0.5) * in/out - 0.5, clamped below at 0.
+    False matches TF1's `ResizeBilinear` (the FID graph's own resize): source coordinate i * in/out.
+    Either way the upper neighbour is clamped to the last pixel, and there is no antialiasing.
     """
     if in_size < 1 or out_size < 1:
         raise ValueError(f"sizes must be positive, got {in_size} -> {out_size}")
-    scale = in_size / out_size
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0.0)
+    # Coordinates in float32, as torch's and TF's kernels compute them (float64 moves some weights by 1e-4).
+    scale = np.float32(in_size / out_size)
+    index = np.arange(out_size, dtype=np.float32)
+    if half_pixel_centers:
+        src = np.maximum((index + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0.0))
+    else:
+        src = index * scale
+    src = src.astype(np.float64)
     lower = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     upper = np.minimum(lower + 1, in_size - 1)
     frac = src - lower
@@ -69,8 +92,9 @@ def resize_bilinear(
     height: int,
     width: int,
     precision: jax.lax.Precision = jax.lax.Precision.HIGHEST,
+    half_pixel_centers: bool = True,
 ) -> jnp.ndarray:
-    """Bilinear resize of NHWC float images as torch does with align_corners=False.
+    """Bilinear resize of NHWC float images (see `bilinear_resize_matrix` for the two formulas).
 
     Written as two small matmuls with static interpolation matrices, so it is exact float32 work
     (with HIGHEST precision) and fuses well on accelerators.
@@ -79,10 +103,10 @@ def resize_bilinear(
         raise ValueError(f"expected NHWC images, got shape {images.shape}")
     in_h, in_w = images.shape[1], images.shape[2]
     if (in_h, in_w) == (height, width):
-        return images  # the torch formula is the identity here
+        return images  # both formulas are the identity here
     dtype = images.dtype
-    rows = jnp.asarray(bilinear_resize_matrix(in_h, height), dtype)
-    cols = jnp.asarray(bilinear_resize_matrix(in_w, width), dtype)
+    rows = jnp.asarray(bilinear_resize_matrix(in_h, height, half_pixel_centers), dtype)
+    cols = jnp.asarray(bilinear_resize_matrix(in_w, width, half_pixel_centers), dtype)
     out = jnp.einsum("oh,bhwc->bowc", rows, images, precision=precision)
     return jnp.einsum("pw,bowc->bopc", cols, out, precision=precision)
 
@@ -93,21 +117,31 @@ def preprocess(
     normalize: bool = True,
     dtype: Dtype = jnp.float32,
     precision: jax.lax.Precision = jax.lax.Precision.HIGHEST,
+    convention: str = ADM,
 ) -> jnp.ndarray:
-    """pytorch-fid's input pipeline: [0, 1] floats (or uint8 in [0, 255]) -> 299x299 in [-1, 1]."""
+    """[0, 1] floats (or uint8 in [0, 255]) -> 299x299 network input, by `convention` (module doc).
+
+    Without `normalize`, the output stays on the convention's own scale (0-255 for "adm", [0, 1]
+    for "pytorch_fid")."""
+    check_input_convention(convention)
     images = jnp.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected NHWC RGB images, got shape {images.shape}")
+    pixel_scale = 255.0 if convention == ADM else 1.0
     if jnp.issubdtype(images.dtype, jnp.integer):
-        images = images.astype(dtype) / 255.0
-    images = images.astype(dtype)
+        images = images.astype(dtype) * (pixel_scale / 255.0)
+    else:
+        images = images.astype(dtype) * pixel_scale
     if resize:
-        images = resize_bilinear(images, FID_INPUT_SIZE, FID_INPUT_SIZE, precision)
+        images = resize_bilinear(images, FID_INPUT_SIZE, FID_INPUT_SIZE, precision,
+                                 half_pixel_centers=convention == PYTORCH_FID)
     elif min(images.shape[1], images.shape[2]) < MIN_UNRESIZED_SIZE:
         raise ValueError(
             f"without resizing the input must be at least {MIN_UNRESIZED_SIZE}px, got {images.shape}"
         )
-    return 2.0 * images - 1.0 if normalize else images
+    if not normalize:
+        return images
+    return (images - 128.0) / 128.0 if convention == ADM else 2.0 * images - 1.0
 
 
 class FrozenBatchNorm(nn.Module):
@@ -307,14 +341,17 @@ class InceptionV3(nn.Module):
     """FID Inception-v3: NHWC images in [0, 1] -> (pool features (B, 2048), logits (B, 1008)).
 
     Attributes:
-      resize_input: bilinearly resize to 299x299 first (pytorch-fid's default). Without it the
-        input must be at least 75x75 and is used at its own size.
-      normalize_input: map [0, 1] to [-1, 1] (pytorch-fid's default).
+      input_convention: "adm" (default) or "pytorch_fid": how pixels are resized and scaled
+        (module docstring); statistics compare only within one convention.
+      resize_input: bilinearly resize to 299x299 first. Without it the input must be at least
+        75x75 and is used at its own size.
+      normalize_input: map pixels to the network's [-1, 1] range.
       logits_with_bias: add the fc bias to the logits (default off, as ADM/torch-fidelity IS).
       precision: conv/matmul precision; HIGHEST keeps float32 convs out of TF32/bf16 passes.
       dtype: computation dtype. Outputs are float32 either way.
     """
 
+    input_convention: str = ADM
     resize_input: bool = True
     normalize_input: bool = True
     logits_with_bias: bool = False
@@ -324,7 +361,7 @@ class InceptionV3(nn.Module):
     @nn.compact
     def __call__(self, images):
         x = preprocess(
-            images, self.resize_input, self.normalize_input, self.dtype, self.precision
+            images, self.resize_input, self.normalize_input, self.dtype, self.precision, self.input_convention
         )
 
         kw = {"precision": self.precision, "dtype": self.dtype}

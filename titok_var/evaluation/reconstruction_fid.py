@@ -12,19 +12,21 @@ import jax.numpy as jnp
 from titok_var.evaluation import fid
 
 
-def make_reconstruction_features(inception_weights: str, reconstruct: Callable) -> Callable | None:
+def make_reconstruction_features(inception_weights: str, reconstruct: Callable,
+                                 convention: str = "adm") -> Callable | None:
     """fn(params, batch) -> {"real", "reconstructed"} pool features, or None without weights.
 
     `reconstruct(params, images)` returns reconstructions in [0, 1]. Both sides are rounded to 8-bit
-    levels first, as the reference evaluators only ever see saved PNGs.
+    levels first, as the reference evaluators only ever see saved PNGs. `convention` is the
+    Inception input convention (`inception.INPUT_CONVENTIONS`; TiTok's evaluator uses ADM's).
     """
     if not inception_weights:
         return None
     from titok_var.evaluation import inception
     from titok_var.tools.convert_inception import load_inception_params
 
+    network = inception.InceptionV3(input_convention=inception.check_input_convention(convention))
     inception_params = load_inception_params(inception_weights)
-    network = inception.InceptionV3()
 
     @jax.jit
     def features(params, inception_params, images):

@@ -254,7 +254,8 @@ class DecoderFinetuneTask(_TiTokBase):
     def eval_features(self):
         return reconstruction_fid.make_reconstruction_features(
             self.config.eval.get("inception_weights"),
-            lambda params, images: jnp.clip(self.reconstruct(params, images)[0], 0.0, 1.0))
+            lambda params, images: jnp.clip(self.reconstruct(params, images)[0], 0.0, 1.0),
+            self.config.eval.get("inception_convention", "adm"))
 
     def summarize_features(self, feature_stats):
         return reconstruction_fid.summarize_reconstruction_features(feature_stats)

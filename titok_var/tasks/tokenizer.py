@@ -113,7 +113,8 @@ class TokenizerTask:
     def eval_features(self):
         """fn(params, batch) -> Inception features for rFID, or None without `eval.inception_weights`."""
         return reconstruction_fid.make_reconstruction_features(
-            self.config.eval.get("inception_weights"), lambda params, images: self.reconstruct(params, images)[0])
+            self.config.eval.get("inception_weights"), lambda params, images: self.reconstruct(params, images)[0],
+            self.config.eval.get("inception_convention", "adm"))
 
     def summarize_features(self, feature_stats):
         return reconstruction_fid.summarize_reconstruction_features(feature_stats)

@@ -159,7 +159,8 @@ class VarTokenizerTask:
 
     def eval_features(self):
         return reconstruction_fid.make_reconstruction_features(
-            self.config.eval.get("inception_weights"), lambda params, images: self.reconstruct(params, images)[0])
+            self.config.eval.get("inception_weights"), lambda params, images: self.reconstruct(params, images)[0],
+            self.config.eval.get("inception_convention", "adm"))
 
     def summarize_features(self, feature_stats):
         return reconstruction_fid.summarize_reconstruction_features(feature_stats)

@@ -31,6 +31,7 @@ float64 to float32 on the way. Every process ends with the same metrics; process
 A single process needs no distributed initialisation.
 """
 
+import functools
 import glob
 import json
 import os
@@ -55,6 +56,7 @@ ADM_REFERENCE_URL = (
 SAMPLE_FILE_GLOB = "samples_p*.npz"
 METRICS_FILENAME = "generation_metrics.json"
 PROGRESS_EVERY_S = 30.0
+REFERENCE_CONVENTION_KEY = "inception_convention"  # in reference .npz files written here
 
 # ----------------------------------------------------------------------------------------------
 # Input files
@@ -236,9 +238,31 @@ def inception_scores_from_sums(neg_entropy, marginal, counts) -> np.ndarray:
 # Inception features on this process's devices
 
 
-@jax.jit
-def _inception_outputs(params, images):
-    return inception.InceptionV3().apply({"params": params}, images)
+@functools.partial(jax.jit, static_argnames="convention")
+def _inception_outputs(params, images, convention: str):
+    return inception.InceptionV3(input_convention=convention).apply({"params": params}, images)
+
+
+def reference_convention(reference_npz: str) -> str | None:
+    """The Inception input convention a reference .npz records (files written here), else None
+    (ADM's reference batches, whose statistics follow the "adm" convention)."""
+    with np.load(reference_npz) as data:
+        if REFERENCE_CONVENTION_KEY not in data.files:
+            return None
+        return str(data[REFERENCE_CONVENTION_KEY])
+
+
+def check_reference_convention(reference_npz: str, convention: str) -> None:
+    """Refuses to compare statistics computed under two different Inception input conventions."""
+    recorded = reference_convention(reference_npz)
+    if recorded is not None and recorded != convention:
+        raise ValueError(
+            f"{reference_npz} holds statistics of Inception inputs in the {recorded!r} convention, but "
+            f"the samples would be measured in the {convention!r} convention (config.eval.inception_convention); "
+            "FID across conventions is meaningless")
+    if recorded is None and convention != inception.ADM:
+        logging.warning("%s records no Inception input convention (ADM's reference batches use %r); "
+                        "measuring samples in the %r convention", reference_npz, inception.ADM, convention)
 
 
 class LocalInception:
@@ -248,9 +272,10 @@ class LocalInception:
     zero-padded to it (one compilation per image shape and dtype) and the padding is dropped.
     """
 
-    def __init__(self, inception_weights: str, batch_size: int):
+    def __init__(self, inception_weights: str, batch_size: int, convention: str = inception.ADM):
         from titok_var.tools.convert_inception import load_inception_params
 
+        self.convention = inception.check_input_convention(convention)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         devices = jax.local_devices()
@@ -272,7 +297,7 @@ class LocalInception:
             images = images.astype(np.float32)
         padded = np.zeros((self.batch_size, *images.shape[1:]), images.dtype)
         padded[:count] = images
-        pool, logits = _inception_outputs(self._params, jax.device_put(padded, self._images))
+        pool, logits = _inception_outputs(self._params, jax.device_put(padded, self._images), self.convention)
         return np.asarray(pool)[:count], np.asarray(logits)[:count]
 
 
@@ -365,12 +390,14 @@ def compute_reference_statistics(
     out_npz: str,
     *,
     batch_size: int = 256,
+    convention: str = inception.ADM,
 ) -> dict[str, np.ndarray]:
     """Writes a reference .npz in the ADM layout from any iterator of image batches (uint8 in
-    [0, 255] or floats in [0, 1], NHWC): `mu` (2048,), `sigma` (2048, 2048) float64 (unbiased)
-    and the pool activations `arr_0` (N, 2048) float32 for precision/recall. Runs on this
-    process's devices only; returns the arrays written."""
-    network = LocalInception(inception_weights, batch_size)
+    [0, 255] or floats in [0, 1], NHWC): `mu` (2048,), `sigma` (2048, 2048) float64 (unbiased),
+    the pool activations `arr_0` (N, 2048) float32 for precision/recall, and the Inception input
+    convention under `inception_convention`. Runs on this process's devices only; returns the
+    arrays written."""
+    network = LocalInception(inception_weights, batch_size, convention)
     stats = fid.ActivationStatistics(inception.FID_FEATURE_DIM)
     features = []
     for batch in rebatch(image_batches, network.batch_size):
@@ -385,7 +412,8 @@ def compute_reference_statistics(
     out_dir = os.path.dirname(os.path.abspath(out_npz))
     os.makedirs(out_dir, exist_ok=True)
     tmp = os.path.join(out_dir, f".{os.path.basename(out_npz)}.tmp")
-    fid.save_statistics(tmp, arrays["mu"], arrays["sigma"], arr_0=arrays["arr_0"])
+    fid.save_statistics(tmp, arrays["mu"], arrays["sigma"], arr_0=arrays["arr_0"],
+                        **{REFERENCE_CONVENTION_KEY: np.asarray(network.convention)})
     os.replace(tmp, out_npz)
     logging.info("wrote reference statistics of %d images to %s", stats.count, out_npz)
     return arrays
@@ -417,14 +445,17 @@ def evaluate_samples(
     num_splits: int = 10,
     pr_k: int = 3,
     pr_reference_limit: int | None = None,
+    convention: str = inception.ADM,
 ) -> dict[str, float]:
     """gFID, Inception Score (mean and std over `num_splits` parts) and, when the reference has
     activations or images under `arr_0`, precision/recall (k = `pr_k`, at most
     `pr_reference_limit` reference rows) of the samples; every process returns the same dict.
 
-    `batch_size` is per process (rounded up to a multiple of the local device count).
+    `batch_size` is per process (rounded up to a multiple of the local device count); `convention`
+    is the Inception input convention, which must be the reference's (ADM's batches: "adm").
     """
     check_eval_files(inception_weights, reference_npz)
+    check_reference_convention(reference_npz, inception.check_input_convention(convention))
     files = process_sample_files(sample_dir_or_npz_files)
     counts = [_sample_count(path) for path in files]
     local_count = sum(counts)
@@ -437,7 +468,7 @@ def evaluate_samples(
         raise ValueError(f"{reference_npz}: mu has shape {ref_mu.shape}, expected ({inception.FID_FEATURE_DIM},)")
     split_ids = _global_split_ids(local_labels, local_count, num_splits)
 
-    network = LocalInception(inception_weights, batch_size)
+    network = LocalInception(inception_weights, batch_size, convention)
     reference_features = _reference_activations(reference_npz, network, pr_reference_limit)
     stats = fid.ActivationStatistics(inception.FID_FEATURE_DIM)
     neg_entropy = np.zeros((num_splits,))
@@ -545,7 +576,9 @@ def generative_eval_checkpoint(config, workdir: str, step: int | None = None, *,
     (split over processes) and optionally config.eval.inception_score_splits (default 10)."""
     inception_weights = config.eval.inception_weights
     reference_npz = config.eval.get("reference_stats", "")
+    convention = config.eval.get("inception_convention", inception.ADM)
     check_eval_files(inception_weights, reference_npz)  # before minutes of sampling
+    check_reference_convention(reference_npz, inception.check_input_convention(convention))
     if export_dir:
         step = int(inference.read_export_json(export_dir, inference.EXPORT_META_FILE).get("step", 0))
     elif step is None:
@@ -565,13 +598,14 @@ def generative_eval_checkpoint(config, workdir: str, step: int | None = None, *,
         logging.info("evaluating the existing samples in %s", sample_dir)
     batch_size = max(1, config.eval.global_batch_size // jax.process_count())
     metrics = evaluate_samples(files, inception_weights, reference_npz, batch_size=batch_size,
-                               num_splits=config.eval.get("inception_score_splits", 10))
+                               num_splits=config.eval.get("inception_score_splits", 10), convention=convention)
     if jax.process_index() == 0:
         out_dir = os.path.join(workdir, "eval", f"step_{step:09d}")
         os.makedirs(out_dir, exist_ok=True)
         tmp = os.path.join(out_dir, METRICS_FILENAME + ".tmp")
         with open(tmp, "w") as f:
-            json.dump({"step": step, "reference_stats": reference_npz, "export_dir": export_dir or "", **metrics},
+            json.dump({"step": step, "reference_stats": reference_npz, "export_dir": export_dir or "",
+                       "inception_convention": convention, **metrics},
                       f, indent=2, sort_keys=True)
         os.replace(tmp, os.path.join(out_dir, METRICS_FILENAME))
     return metrics

@@ -12,7 +12,7 @@ import os
 import jax
 from absl import logging
 
-from titok_var.data import builder, pipeline
+from titok_var.data import builder, pipeline, transforms
 from titok_var.evaluation import linear_probe
 from titok_var.training import inference
 
@@ -24,7 +24,7 @@ def _features(feature_fn, config, split: str, limit: int | None):
     batches = pipeline.eval_batches(source, image_size=config.data.image_size,
                                     global_batch_size=config.eval.global_batch_size,
                                     process_index=jax.process_index(), process_count=jax.process_count(),
-                                    max_examples=limit)
+                                    max_examples=limit, resize=transforms.resize_from_config(config.data))
     return linear_probe.extract_features(feature_fn, batches), source.num_classes
 
 

@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from titok_var.data import builder, pipeline, token_shards
+from titok_var.data import builder, pipeline, token_shards, transforms
 from titok_var.tools.export import load_exported
 
 
@@ -114,8 +114,8 @@ def encode_split(
     for shard in pending:
         subset = IndexRange(source, shard * shard_size, min((shard + 1) * shard_size, len(source)))
         tokens, labels, indices = [[] for _ in range(num_views)], [], []
-        batches = pipeline.eval_batches(subset, image_size=image_data.image_size,
-                                        global_batch_size=batch_size, num_workers=num_workers)
+        batches = pipeline.eval_batches(subset, image_size=image_data.image_size, global_batch_size=batch_size,
+                                        resize=transforms.resize_from_config(image_data), num_workers=num_workers)
         for batch_index, batch in enumerate(batches):
             keep = batch["mask"]
             views = [batch["image"], batch["image"][:, :, ::-1]][:num_views]

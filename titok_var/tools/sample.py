@@ -32,9 +32,18 @@ def class_balanced_labels(num_classes: int, num_per_class: int) -> np.ndarray:
     return np.repeat(np.arange(num_classes, dtype=np.int32), num_per_class)
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    # The official pipeline truncates clamp(x)*255; rounding is the unbiased choice for new samples.
-    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+UINT8_CONVERSIONS = ("truncate", "round")
+
+
+def to_uint8(images: np.ndarray, conversion: str = "truncate") -> np.ndarray:
+    """[0, 1] floats -> uint8. "truncate" is the official samplers' `(clamp(x, 0, 1) * 255).to(uint8)`
+    (TiTok/MaskGIT and VAR alike), which the papers' numbers were measured on; "round" is the unbiased
+    choice (half of all pixels one level higher)."""
+    if conversion not in UINT8_CONVERSIONS:
+        raise ValueError(f"unknown uint8 conversion {conversion!r} (config.sample.to_uint8); "
+                         f"expected one of {UINT8_CONVERSIONS}")
+    scaled = np.clip(images, 0.0, 1.0) * 255.0
+    return (np.round(scaled) if conversion == "round" else scaled).astype(np.uint8)
 
 
 def sample_checkpoint(config, workdir: str, step: int | None = None, devices=None, *,
@@ -46,6 +55,8 @@ def sample_checkpoint(config, workdir: str, step: int | None = None, devices=Non
                                              purpose="sample from", devices=devices, compute_dtype=compute_dtype)
     exp, task, step, config = loaded.exp, loaded.exp.task, loaded.step, loaded.config
     settings = config.sample
+    conversion = settings.get("to_uint8", "truncate")
+    to_uint8(np.zeros((0,)), conversion)  # an unknown name fails before the model runs
     labels = class_balanced_labels(task.num_classes, settings.num_per_class)
     # Each process samples a contiguous slice; batches are keyed by their index, not the device count.
     mine = np.array_split(np.arange(len(labels)), jax.process_count())[jax.process_index()]
@@ -58,7 +69,7 @@ def sample_checkpoint(config, workdir: str, step: int | None = None, devices=Non
             rows = mine[start:start + batch]
             key = jax.random.fold_in(jax.random.key(settings.seed), int(rows[0]))
             tokens = sample(params, labels[rows], key)
-            images.append(to_uint8(task.decode_samples(np.asarray(tokens))))
+            images.append(to_uint8(task.decode_samples(np.asarray(tokens)), conversion))
             logging.info("sampled %d/%d images", start + len(rows), len(mine))
     images = np.concatenate(images)
     out_dir = os.path.join(workdir, "samples", f"step_{step:09d}")

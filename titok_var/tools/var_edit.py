@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from titok_var.data.sources import decode_image_bytes
-from titok_var.data.transforms import eval_transform
+from titok_var.data.transforms import eval_transform, resize_from_config
 from titok_var.evaluation import image_grid
 from titok_var.generation.edit_masks import box_keep_mask, mask_from_image, per_scale_keep_masks
 from titok_var.generation.var_sampling import VarSamplingSettings, sample_scales
@@ -248,7 +248,8 @@ def edit_image(config, workdir: str, image_path, *, box=None, mask_path=None, in
                                              purpose="edit with", devices=devices, compute_dtype=compute_dtype)
     exp, task = loaded.exp, loaded.exp.task
     vq_task, vq_params, _ = task._vqvae
-    image = eval_transform(pixels, vq_task.model.image_size)
+    # Resized and cropped as the VQVAE saw its images (VAR's: 1.125x LANCZOS, centre crop).
+    image = eval_transform(pixels, vq_task.model.image_size, resize_from_config(vqvae_config["data"]))
     image_tokens = np.asarray(jax.jit(vq_task.encode_tokens)(vq_params, image[None]))[0]
     with exp.context():
         tokens, f_hat = edit_tokens(task, loaded.params, image_tokens, keep_mask, labels, jax.random.key(seed),

@@ -4,6 +4,8 @@ ZeroDivisionError after the first step) or never (a negative step count trains n
 
 import jax
 
+from titok_var.data import transforms
+from titok_var.data.sources import ALPHA_MODES
 from titok_var.sharding import mesh as mesh_lib
 
 BUILT_IN_DATASETS = ("shapes", "image_folder", "tokens")
@@ -43,6 +45,17 @@ def check_training_config(config, devices=None) -> None:
         _require(isinstance(value, int) and value > 0 and value % batch_shards == 0 and value % processes == 0,
                  field, value, f"a positive multiple of data x fsdp = {sizes['data']} x {sizes['fsdp']} = "
                  f"{batch_shards} devices" + (f" and of {processes} processes" if processes > 1 else ""))
+
+    convention = config.eval.get("inception_convention", "adm")
+    _require(convention in ("adm", "pytorch_fid"), "eval.inception_convention", convention,
+             "'adm' (ADM's reference batches, torch-fidelity) or 'pytorch_fid'")
+
+    try:
+        transforms.resize_from_config(config.data)
+    except ValueError as e:
+        raise ConfigError(f"config.data.resize_ratio / resize_filter: {e}") from e
+    _require(config.data.get("alpha", "drop") in ALPHA_MODES, "data.alpha", config.data.get("alpha"),
+             f"one of {ALPHA_MODES}")
 
     name = config.data.name
     _require(isinstance(name, str) and bool(name), "data.name", name, "a dataset name")

@@ -3,7 +3,7 @@
 import jax
 from jax.sharding import Mesh
 
-from titok_var.data import builder, pipeline, proxy_code_table, token_shards
+from titok_var.data import builder, pipeline, proxy_code_table, token_shards, transforms
 from titok_var.sharding import mesh as mesh_lib
 
 
@@ -51,7 +51,7 @@ def host_train_batches(config, start_step: int, stats: pipeline.PipelineStats):
     batches = pipeline.train_batches(
         source, image_size=config.data.image_size,
         random_crop=config.data.random_crop, random_flip=config.data.random_flip,
-        num_workers=config.train.data_workers, stats=stats, with_provenance=precomputed_proxy_codes, **split,
+        resize=transforms.resize_from_config(config.data), num_workers=config.train.data_workers, stats=stats, with_provenance=precomputed_proxy_codes, **split,
     )
     if precomputed_proxy_codes:
         return proxy_code_table.attach_proxy_codes(
@@ -67,7 +67,7 @@ def host_eval_batches(config, stats: pipeline.PipelineStats):
         return token_shards.eval_batches(token_dataset(config, "eval"), **split)
     return pipeline.eval_batches(
         builder.build_source(config.data, "eval"), image_size=config.data.image_size,
-        num_workers=config.train.data_workers, stats=stats, **split,
+        resize=transforms.resize_from_config(config.data), num_workers=config.train.data_workers, stats=stats, **split,
     )
 
 

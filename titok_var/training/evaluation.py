@@ -69,8 +69,17 @@ def evaluate(task, params, param_shardings, config, mesh, task_state=None):
     return metrics, task.preview_rows(jax.device_get(preview))
 
 
-def write_eval_outputs(workdir: str, step: int, metrics: dict, rows, writer=None) -> str:
-    """Writes metrics JSON, the image grid PNG and the scalars; returns the output folder."""
+def metric_notes(config, metrics: dict) -> dict[str, str]:
+    """What the JSON keeps next to the numbers: how rFID's Inception inputs were made."""
+    if "rfid" not in metrics:
+        return {}
+    return {"inception_convention": config.eval.get("inception_convention", "adm")}
+
+
+def write_eval_outputs(workdir: str, step: int, metrics: dict, rows, writer=None,
+                       notes: dict[str, str] | None = None) -> str:
+    """Writes metrics JSON (with the `notes` strings), the image grid PNG and the scalars; returns
+    the output folder."""
     out_dir = os.path.join(workdir, "eval", f"step_{step:09d}")
     if writer is not None:
         writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
@@ -81,7 +90,7 @@ def write_eval_outputs(workdir: str, step: int, metrics: dict, rows, writer=None
         image_grid.save_png(os.path.join(out_dir, "reconstructions.png"), image_grid.make_grid(rows))
         tmp = os.path.join(out_dir, "metrics.json.tmp")
         with open(tmp, "w") as f:
-            json.dump({"step": step, **metrics}, f, indent=2, sort_keys=True)
+            json.dump({"step": step, **(notes or {}), **metrics}, f, indent=2, sort_keys=True)
         os.replace(tmp, os.path.join(out_dir, "metrics.json"))
     logging.info("eval step %d: %s", step, {k: round(v, 5) for k, v in metrics.items()})
     return out_dir

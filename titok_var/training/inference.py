@@ -139,5 +139,6 @@ def evaluate(config, workdir: str, *, step: int | None = None, export_dir: str |
     with exp.context():
         metrics, rows = evaluation.evaluate(exp.task, loaded.params, exp.layout.shardings.params, exp.config,
                                             exp.mesh, task_state=loaded.task_state)
-        evaluation.write_eval_outputs(workdir, loaded.step, metrics, rows, writer)
+        evaluation.write_eval_outputs(workdir, loaded.step, metrics, rows, writer,
+                                      evaluation.metric_notes(exp.config, metrics))
     return metrics

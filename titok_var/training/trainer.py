@@ -265,7 +265,8 @@ def _train_loop(exp: Experiment, checkpointer: Checkpointer, step_callback) -> T
                 eval_metrics, rows = evaluation.evaluate(
                     exp.task, evaluation.eval_params(state, config), exp.layout.shardings.params, config, exp.mesh,
             task_state=state.task_state)
-                evaluation.write_eval_outputs(workdir, step, eval_metrics, rows, writer)
+                evaluation.write_eval_outputs(workdir, step, eval_metrics, rows, writer,
+                                              evaluation.metric_notes(config, eval_metrics))
             if not last and watcher.requested():
                 logging.warning("preemption requested at step %d: saving a checkpoint and stopping", step)
                 save(step)
