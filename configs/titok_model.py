@@ -63,12 +63,16 @@ def proxy_config(**overrides):
 
 def stage2_loss_config(**overrides):
     """Official ReconstructionLoss_Stage2: l2 + 0.1 ConvNeXt-S logits + 0.01 hinge GAN from 20k,
-    LeCam 0.001; discriminator AdamW lr 1e-4 (0.9, 0.999), wd 1e-4."""
-    config = loss_config(
+    LeCam 0.001 (the frozen encoder and quantizer take no loss). Discriminator: AdamW (0.9, 0.999),
+    wd 1e-4 on its ndim >= 2 parameters, gradients clipped at 1.0, and its own scheduler stepped from
+    the discriminator's start: 5k warm-up to 1e-4, cosine to 1e-5 (utils/train_utils.py)."""
+    config = ml_collections.ConfigDict(dict(
+        reconstruction="l2", reconstruction_weight=1.0,
         perceptual_loss="convnext_s", perceptual_weight=0.1, perceptual_weights="",
         discriminator_start=20_000, discriminator_weight=0.01, lecam_weight=0.001, lecam_decay=0.999,
         discriminator_learning_rate=1e-4, discriminator_b1=0.9, discriminator_b2=0.999,
-        discriminator_weight_decay=1e-4)
+        discriminator_weight_decay=1e-4, discriminator_decay="matrices", discriminator_grad_clip_norm=1.0,
+        discriminator_schedule="cosine", discriminator_warmup_steps=5_000, discriminator_end_learning_rate=1e-5))
     config.update(overrides)
     return config
 
@@ -77,8 +81,9 @@ STAGES = ("single", "stage1", "stage2")
 
 
 def titok_config(variant: str, arg=None):
-    """A paper variant; `:stage1` / `:stage2` give the two-stage recipe (App. A), the default is the
-    single-stage pixel recipe (Table 3c "Taming-VQGAN setting"); `:runlocal` shrinks it for CPU."""
+    """A paper variant; `:stage1` / `:stage2` give the two-stage recipe (App. A). The default is a
+    single-stage pixel recipe with l2 + quantizer losses only (no perceptual or GAN term, so not the
+    paper's Table 3c "Taming-VQGAN setting", which adds both); `:runlocal` shrinks it for CPU."""
     args = common.parse_arg(arg, stage="single", runlocal=False)
     if args.stage not in STAGES:
         raise ValueError(f"unknown TiTok stage {args.stage!r}; expected one of {STAGES}")
@@ -124,6 +129,7 @@ def titok_config(variant: str, arg=None):
             config.model.pixel_decoder = "tiny"
             config.init.update(preset="tiny", random_init=True)
             config.loss.update(perceptual_loss="lpips", perceptual_random_init=True, discriminator_start=5,
+                               discriminator_warmup_steps=2,
                                discriminator_channels=16, discriminator_stages=1, discriminator_norm_groups=4,
                                discriminator_pool=4)
     return config

@@ -21,7 +21,11 @@ def gan_config(**loss_overrides):
 def test_discriminator_trains_only_from_its_start_step_and_resume_is_exact(tmp_path):
     # The adaptive (last-layer gradient ratio) weight is on too; the perceptual term in training
     # is covered by the TiTok stage-2 test.
-    config = gan_config(adaptive_gan_weight=True)
+    # The discriminator optimizer is TiTok stage 2's: a warm-up that starts at rate 0 on the
+    # discriminator's own step count, clipping, decay on matrices only.
+    official = dict(discriminator_schedule="cosine", discriminator_warmup_steps=2, discriminator_end_learning_rate=1e-5,
+                    discriminator_grad_clip_norm=1.0, discriminator_decay="matrices")
+    config = gan_config(adaptive_gan_weight=True, **official)
     snapshots = {}
 
     def record(step, state):
@@ -29,12 +33,14 @@ def test_discriminator_trains_only_from_its_start_step_and_resume_is_exact(tmp_p
 
     full = trainer.train(config, str(tmp_path / "full"), step_callback=record)
     leaves = {s: np.concatenate([np.ravel(x) for x in jax.tree.leaves(v["params"])]) for s, v in snapshots.items()}
-    # Steps 1 and 2 run with step counters 0 and 1 < start: untouched; step 3 (counter 2) trains it.
+    # Steps 1 and 2 run with step counters 0 and 1 < start: untouched. Step 3 (counter 2) is the
+    # discriminator's first step, at warm-up rate 0: its EMAs move, its parameters not yet; step 4 trains them.
     np.testing.assert_array_equal(leaves[1], leaves[2])
-    assert not np.array_equal(leaves[2], leaves[3])
-    assert float(snapshots[2]["ema_real"]) == 0.0 and float(snapshots[4]["ema_real"]) != 0.0
+    np.testing.assert_array_equal(leaves[2], leaves[3])
+    assert not np.array_equal(leaves[3], leaves[4])
+    assert float(snapshots[2]["ema_real"]) == 0.0 and float(snapshots[3]["ema_real"]) != 0.0
 
-    config_half = gan_config(adaptive_gan_weight=True)
+    config_half = gan_config(adaptive_gan_weight=True, **official)
     config_half.train.num_steps = 2
     trainer.train(config_half, str(tmp_path / "resumed"))
     resumed = trainer.train(config, str(tmp_path / "resumed"))

@@ -58,9 +58,11 @@ def test_stage2_starts_from_stage1_and_keeps_the_encoder_frozen(stage1, tmp_path
                                                           jax.tree.leaves(stage1_params["decoder"]))]
     assert any(changed)
     flat = {s: np.concatenate([np.ravel(x) for x in jax.tree.leaves(v)]) for s, v in seen.items()}
-    # discriminator_start=5: counters 0..4 (steps 1..5) leave it alone, counter 5 (step 6) trains it.
+    # discriminator_start=5: counters 0..4 (steps 1..5) leave it alone; counter 5 (step 6) is its first
+    # step, at the official warm-up's rate 0; counter 6 (step 7) moves it.
     np.testing.assert_array_equal(flat[1], flat[5])
-    assert not np.array_equal(flat[5], flat[6])
+    np.testing.assert_array_equal(flat[5], flat[6])
+    assert not np.array_equal(flat[6], flat[7])
     assert all(np.isfinite(v) for v in result.losses.values())
 
 

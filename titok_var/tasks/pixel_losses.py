@@ -13,6 +13,9 @@ Loss config fields (all optional; defaults switch a term off):
   discriminator_start (-1 = no GAN), discriminator_weight, adaptive_gan_weight (VQGAN ratio of
   last-layer gradient norms, times discriminator_weight), lecam_weight, lecam_decay,
   discriminator_learning_rate, discriminator_b1, discriminator_b2, discriminator_weight_decay,
+  discriminator_schedule ("constant" | "cosine": TiTok stage 2's, see `discriminator_learning_rate_schedule`),
+  discriminator_warmup_steps, discriminator_end_learning_rate, discriminator_grad_clip_norm (0 = none),
+  discriminator_decay ("all" | "matrices": decay only parameters with ndim >= 2, as the official optimizer),
   discriminator_channels, discriminator_stages, discriminator_norm_groups, discriminator_pool.
 """
 
@@ -30,7 +33,8 @@ DEFAULTS = dict(
     discriminator_start=-1, discriminator_weight=0.0, adaptive_gan_weight=False,
     lecam_weight=0.0, lecam_decay=0.999,
     discriminator_learning_rate=1e-4, discriminator_b1=0.9, discriminator_b2=0.999,
-    discriminator_weight_decay=1e-4,
+    discriminator_weight_decay=1e-4, discriminator_schedule="constant", discriminator_warmup_steps=0,
+    discriminator_end_learning_rate=0.0, discriminator_grad_clip_norm=0.0, discriminator_decay="all",
     discriminator_channels=128, discriminator_stages=3, discriminator_norm_groups=32, discriminator_pool=16,
 )
 
@@ -39,10 +43,55 @@ def setting(loss_config, name):
     return loss_config.get(name, DEFAULTS[name])
 
 
+def discriminator_learning_rate_schedule(loss_config, num_train_steps: int) -> optax.Schedule:
+    """The discriminator's learning rate as a function of its own step count n (0 at its first step).
+
+    "cosine" is the official TiTok stage-2 scheduler (1d-tokenizer utils/train_utils.py,
+    create_lr_scheduler; utils/lr_schedulers.py): stepped only when the discriminator trains, linear
+    warm-up n / W over W = discriminator_warmup_steps (0 at the first step), then a half cosine from
+    discriminator_learning_rate to discriminator_end_learning_rate over the remaining
+    num_train_steps - discriminator_start - W steps. (With P processes the official count is
+    (T * P - start) / P; one process is written here.)
+    """
+    peak = float(setting(loss_config, "discriminator_learning_rate"))
+    kind = setting(loss_config, "discriminator_schedule")
+    if kind == "constant":
+        return optax.constant_schedule(peak)
+    if kind != "cosine":
+        raise ValueError(f"unknown loss.discriminator_schedule {kind!r}; expected 'constant' or 'cosine'")
+    warmup = int(setting(loss_config, "discriminator_warmup_steps"))
+    end = float(setting(loss_config, "discriminator_end_learning_rate"))
+    total = num_train_steps - int(setting(loss_config, "discriminator_start"))
+    decay_steps = max(1, total - warmup)
+
+    def schedule(count):
+        n = jnp.asarray(count, jnp.float32)
+        progress = (n - warmup) / decay_steps
+        cosine = end + (peak - end) * jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+        return jnp.where(n < warmup, peak * n / max(1, warmup), cosine)
+
+    return schedule
+
+
+def discriminator_optimizer(loss_config, num_train_steps: int) -> optax.GradientTransformation:
+    """AdamW for the discriminator: optional global-norm clipping, the schedule above, and decoupled
+    weight decay on every parameter ("all") or on the ndim >= 2 ones ("matrices", official TiTok)."""
+    decay = setting(loss_config, "discriminator_decay")
+    if decay not in ("all", "matrices"):
+        raise ValueError(f"unknown loss.discriminator_decay {decay!r}; expected 'all' or 'matrices'")
+    adamw = optax.adamw(
+        discriminator_learning_rate_schedule(loss_config, num_train_steps),
+        b1=setting(loss_config, "discriminator_b1"), b2=setting(loss_config, "discriminator_b2"),
+        weight_decay=setting(loss_config, "discriminator_weight_decay"),
+        mask=None if decay == "all" else (lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)))
+    clip = float(setting(loss_config, "discriminator_grad_clip_norm"))
+    return optax.chain(optax.clip_by_global_norm(clip), adamw) if clip > 0 else adamw
+
+
 class PixelLossTerms:
     """The optional perceptual + GAN terms of a pixel-space tokenizer loss."""
 
-    def __init__(self, loss_config, image_size: int):
+    def __init__(self, loss_config, image_size: int, num_train_steps: int):
         self.config = loss_config
         self.image_size = image_size
         self.perceptual_kind = setting(loss_config, "perceptual_loss")
@@ -55,10 +104,7 @@ class PixelLossTerms:
             norm_groups=setting(loss_config, "discriminator_norm_groups"),
             pool_size=setting(loss_config, "discriminator_pool"),
         )
-        self.discriminator_tx = optax.adamw(
-            setting(loss_config, "discriminator_learning_rate"),
-            b1=setting(loss_config, "discriminator_b1"), b2=setting(loss_config, "discriminator_b2"),
-            weight_decay=setting(loss_config, "discriminator_weight_decay"))
+        self.discriminator_tx = discriminator_optimizer(loss_config, num_train_steps)
         self.perceptual = None  # the loss function, built with its params by init_state
 
     @property

@@ -174,7 +174,7 @@ class DecoderFinetuneTask(_TiTokBase):
         super().__init__(config, "stage 2")
         if not config.model.pixel_decoder:
             raise ValueError("stage 2 needs model.pixel_decoder (the MaskGIT-VQGAN decoder preset)")
-        self.pixel_terms = PixelLossTerms(config.loss, config.model.image_size)
+        self.pixel_terms = PixelLossTerms(config.loss, config.model.image_size, config.train.num_steps)
 
     def trainable_mask(self):
         def trainable(path, _):

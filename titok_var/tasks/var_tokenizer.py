@@ -46,7 +46,7 @@ class VarTokenizerTask:
     def __init__(self, config):
         self.config = config
         self.model = build_var_vqvae(config.model)
-        self.pixel_terms = PixelLossTerms(config.loss, self.model.image_size)
+        self.pixel_terms = PixelLossTerms(config.loss, self.model.image_size, config.train.num_steps)
         if not self.model.unit_range_pixels:
             raise ValueError("the data pipeline yields [0, 1] images: set model.unit_range_pixels=True")
         if config.data.image_size != self.model.image_size:
