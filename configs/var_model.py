@@ -96,10 +96,15 @@ def var_tokenizer_config(export_dir: str, image_data, **overrides):
 
 
 def var_config(depth: int, arg=None):
-    """VAR-d{depth} with the official recipe (256 px; d36 is the 512 px shared-AdaLN model)."""
+    """VAR-d{depth} with the official recipe (256 px; d36 is the 512 px shared-AdaLN model).
+
+    Trains on pre-tokenized token maps of each image's centre crop by default; `:online` tokenizes
+    every batch with the frozen VQVAE inside the step instead, on a fresh random crop of the 1.125x
+    LANCZOS image per epoch, as the official trainer (no token shards needed; costs the encoder
+    forward every step)."""
     from configs import common
 
-    args = common.parse_arg(arg, runlocal=False)
+    args = common.parse_arg(arg, runlocal=False, online=False)
     _, batch, epochs, base_lr, final_ratio = RECIPES[depth]
     config = common.base_config("var")
     large = depth == 36
@@ -143,4 +148,7 @@ def var_config(depth: int, arg=None):
         config.eval.update(global_batch_size=8, num_examples=32, grid_images=4)
         config.optimizer.warmup_steps = 5
         config.mesh.update(data=-1, fsdp=1)
+    if args.online:
+        config.data = config.tokenizer.image_data.copy_and_resolve_references()
+        config.data.update(random_crop=True, random_flip=False)  # official: RandomCrop, no flips
     return config

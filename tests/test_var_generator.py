@@ -129,3 +129,25 @@ def test_tokens_of_another_tokenizer_are_rejected(setup):
         task.loss_fn(params, {"tokens": jnp.zeros((2, 20), jnp.int32), "label": jnp.zeros((2,), jnp.int32)},
                      jax.random.key(0), 0)
     assert isinstance(task.model, VAR)
+
+
+def test_tokenizing_in_the_step_equals_training_on_pre_tokenized_shards(tiny_var_run, tmp_path):
+    # The same centre crops, tokenized by pre-tokenization or by the frozen VQVAE inside the step,
+    # give the same batches (same index order, same token ids), hence the same losses.
+    from titok_var import registry
+    from titok_var.tasks.var_generator import VarOnlineTokensTask
+
+    shards = tiny_var_run["config"].copy_and_resolve_references()
+    shards.train.update(num_steps=3, checkpoint_every_steps=3)
+    online = shards.copy_and_resolve_references()
+    online.data = tiny_var_run["vq_config"].data.copy_and_resolve_references()
+    online.data.update(random_crop=False, random_flip=False)
+    assert isinstance(registry.get_task(online), VarOnlineTokensTask)
+    from_shards = trainer.train(shards, str(tmp_path / "shards"))
+    in_step = trainer.train(online, str(tmp_path / "online"))
+    assert sorted(in_step.losses) == sorted(from_shards.losses) == [1, 2, 3]
+    for step in (1, 2, 3):
+        np.testing.assert_allclose(in_step.losses[step], from_shards.losses[step], rtol=1e-5)
+    # Eval batches are images too: the same per-scale metrics as on the eval shards.
+    np.testing.assert_allclose(inference.evaluate(online, str(tmp_path / "online"))["loss"],
+                               inference.evaluate(shards, str(tmp_path / "shards"))["loss"], rtol=1e-5)

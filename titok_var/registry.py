@@ -20,4 +20,6 @@ def get_task(config):
     name = config.model_name
     if name not in TASKS:
         raise ValueError(f"unknown model_name {name!r}; known: {sorted(TASKS)}")
-    return TASKS[name](config)
+    task_class = TASKS[name]
+    # A family may pick a variant from the config (VAR: pre-tokenized shards or images).
+    return task_class.for_config(config) if hasattr(task_class, "for_config") else task_class(config)

@@ -1,9 +1,11 @@
-"""VAR next-scale prediction over pre-tokenized VQVAE token maps: training, eval, sampling.
+"""VAR next-scale prediction over VQVAE token maps: training, eval, sampling.
 
-Batches are {"tokens": (B, L) int32 (all scales flattened coarse to fine), "label": (B,)}. The
-frozen VQVAE is an export named by `config.tokenizer.export_dir`; its quantizer (codebook + phi,
-~0.2M parameters) builds the teacher-forcing input inside the train step as host constants, and
-its decoder turns sampled f_hat into images on its own mesh.
+Batches are {"tokens": (B, L) int32 (all scales flattened coarse to fine), "label": (B,)} from
+pre-tokenized shards (data.name="tokens"), or {"image", "label"} when the VQVAE tokenizes every
+batch inside the step (`VarOnlineTokensTask`, as the official trainer: a fresh random crop of
+each image per epoch). The frozen VQVAE is an export named by `config.tokenizer.export_dir`; its
+quantizer (codebook + phi, ~0.2M parameters) builds the teacher-forcing input inside the train
+step as host constants, and its decoder turns sampled f_hat into images on its own mesh.
 """
 
 import functools
@@ -42,8 +44,11 @@ class VarGeneratorTask:
         self.model = build_var(config.model)
         self.patch_nums = tuple(int(p) for p in config.model.patch_nums)
         self.settings = VarSamplingSettings(**dict(config.sampling))
-        if config.data.name != "tokens":
-            raise ValueError(f"VAR trains on pre-tokenized data (data.name='tokens'), got {config.data.name!r}")
+
+    @classmethod
+    def for_config(cls, config) -> "VarGeneratorTask":
+        """Pre-tokenized shards (data.name="tokens") or images tokenized in the step (any image data)."""
+        return cls(config) if config.data.name == "tokens" else VarOnlineTokensTask(config)
 
     @property
     def num_classes(self) -> int:
@@ -205,3 +210,65 @@ class VarGeneratorTask:
 
     def preview_rows(self, preview):
         return [self.decode_samples(np.asarray(preview["samples"]))]
+
+
+# Parts of the VQVAE that turn images into token maps (the decoder stays out of the train state).
+_ENCODING_PARAMS = ("encoder", "quant_conv", "quantize")
+
+
+class VarOnlineTokensTask(VarGeneratorTask):
+    """VAR over image batches: the frozen VQVAE encoder (in the train state's `task_state`, loaded
+    from the export before the first step and replicated) tokenizes each batch inside the step, so
+    every epoch sees the data pipeline's fresh random crops, as the official trainer does.
+    Tokens equal pre-tokenization's for the same pixels (same function, same weights)."""
+
+    eval_uses_task_state = True  # eval batches are images too
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.data.name == "tokens":
+            raise ValueError("VarOnlineTokensTask trains on images; data.name='tokens' is the pre-tokenized task")
+
+    def _encoder_shapes(self):
+        from titok_var.tools.export import abstract_export_params
+
+        vq_task, config = self._vqvae_task_and_config
+        if config.data.image_size != self.config.data.image_size:
+            raise ValueError(f"data.image_size {self.config.data.image_size} differs from the VQVAE export's "
+                             f"{config.data.image_size} ({self.config.tokenizer.export_dir})")
+        shapes = abstract_export_params(vq_task, config)
+        return {name: shapes[name] for name in _ENCODING_PARAMS}
+
+    @functools.cached_property
+    def _vqvae_task_and_config(self):
+        from titok_var.tools.export import read_exported_task
+
+        return read_exported_task(self.config.tokenizer.export_dir)
+
+    def init_task_state(self, rng):
+        """Zeros shaped like the VQVAE's encoding parameters (the export replaces them)."""
+        del rng
+        return {"vqvae": jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._encoder_shapes())}
+
+    def initial_overrides(self):
+        _, params, _ = self._vqvae
+        return {"task_state": {"vqvae": {name: params[name] for name in _ENCODING_PARAMS}}}
+
+    def tokenize(self, task_state, images):
+        """Images in [0, 1] -> (B, L) token ids with the frozen VQVAE (no gradient)."""
+        vq_task, _ = self._vqvae_task_and_config
+        return jax.lax.stop_gradient(vq_task.encode_tokens(jax.lax.stop_gradient(task_state["vqvae"]), images))
+
+    def _as_tokens(self, batch, task_state):
+        tokens = self.tokenize(task_state, batch["image"])
+        return {**{k: v for k, v in batch.items() if k != "image"}, "tokens": tokens}
+
+    def loss_fn(self, params, batch, rng, step, task_state=None):
+        loss, metrics = super().loss_fn(params, self._as_tokens(batch, task_state), rng, step)
+        return loss, (metrics, {})
+
+    def update_task_state(self, task_state, outputs, batch, rng, step):
+        return task_state, {}
+
+    def eval_step(self, params, batch, task_state):
+        return super().eval_step(params, self._as_tokens(batch, task_state))

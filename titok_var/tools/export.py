@@ -70,7 +70,7 @@ def import_converted(config, converted_npz: str, export_dir: str, dtype: str = "
                                 "`python -m titok_var.tools.convert --arch ... --output DIR`)")
     task = registry.get_task(config)
     expected = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-                for path, leaf in jax.tree_util.tree_leaves_with_path(_abstract_params(task, config))}
+                for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_export_params(task, config))}
     try:
         with np.load(converted_npz, allow_pickle=False) as data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
@@ -108,12 +108,18 @@ def _read_export_config(export_dir: str):
         return ml_collections.ConfigDict(json.load(f))
 
 
-def _abstract_params(task, config):
+def abstract_export_params(task, config):
     """Parameter shapes; every logical axis replicated, so it also works inside a caller's jit trace
     or under a caller's mesh (the dummy init batch of 1 divides nothing)."""
     replicate_all = [(name, None) for name, _ in config.sharding_rules]
     with nn.logical_axis_rules(replicate_all):
         return jax.eval_shape(lambda: state_init.unboxed_params(task, jax.random.key(0)))
+
+
+def read_exported_task(export_dir: str):
+    """(task, config) of an export, without reading its parameters."""
+    config = _read_export_config(export_dir)
+    return registry.get_task(config), config
 
 
 def load_exported(export_dir: str, mesh=None):
@@ -125,7 +131,7 @@ def load_exported(export_dir: str, mesh=None):
         mesh = jax.sharding.Mesh(jax.devices(), ("data",))
     replicated = NamedSharding(mesh, PartitionSpec())
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          _abstract_params(task, config))
+                          abstract_export_params(task, config))
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.join(os.path.abspath(export_dir), PARAMS_DIR), target)
     return task, params, config
@@ -136,7 +142,7 @@ def load_exported_to_host(export_dir: str):
     e.g. when a generator first needs its frozen tokenizer inside its train step."""
     config = _read_export_config(export_dir)
     task = registry.get_task(config)
-    target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _abstract_params(task, config))
+    target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_export_params(task, config))
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.join(os.path.abspath(export_dir), PARAMS_DIR), target)
     return task, jax.tree.map(np.asarray, params), config
