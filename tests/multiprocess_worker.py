@@ -11,9 +11,11 @@ import os
 import signal
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.subprocess_env import xla_flags  # noqa: E402
+
+os.environ["XLA_FLAGS"] = xla_flags(device_count=4)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def main(port, process_id, num_processes, workdir, sigterm_at_step, out_json):

@@ -22,6 +22,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from tests.subprocess_env import cpu_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.md")
 
@@ -65,11 +67,8 @@ def localise(command: str) -> list[str]:
 
 def run(command: str, cwd: str) -> str:
     argv = localise(command)
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-    cache = jax.config.jax_compilation_cache_dir
-    if cache:  # the test run's persistent compilation cache (tests/conftest.py)
-        env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+    # One device, the test run's compile settings and compilation cache (tests/conftest.py).
+    env = cpu_env(device_count=1, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.monotonic()
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     print(f"{time.monotonic() - start:6.1f}s  {command}")

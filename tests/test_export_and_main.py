@@ -13,6 +13,7 @@ import titok_var
 from titok_var.training import trainer
 from titok_var.tools import export
 from tests.conftest import REPO_ROOT
+from tests.subprocess_env import cpu_env
 from tests.helpers import tiny_titok_config
 
 
@@ -37,7 +38,7 @@ def test_export_loads_back_with_one_call_on_a_different_mesh(tmp_path):
 def test_main_train_eval_export_and_corrupt_export_dir(tmp_path):
     workdir, export_dir = str(tmp_path / "work"), str(tmp_path / "export")
     common = ["--config=tests/tiny_main_config.py", f"--workdir={workdir}"]
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = cpu_env()
 
     def run(*args):
         result = subprocess.run([sys.executable, "main.py", *common, *args], cwd=REPO_ROOT, env=env,

@@ -11,6 +11,7 @@ import sys
 import time
 
 from tests.conftest import REPO_ROOT
+from tests.subprocess_env import cpu_env
 
 COMMON = ["--config=tests/tiny_main_config.py", "--config.train.async_checkpointing=True",
           "--config.train.checkpoint_every_steps=2", "--config.train.log_every_steps=1",
@@ -18,7 +19,7 @@ COMMON = ["--config=tests/tiny_main_config.py", "--config.train.async_checkpoint
 
 
 def _start(workdir, num_steps):
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = cpu_env()
     return subprocess.Popen([sys.executable, "main.py", *COMMON, f"--config.train.num_steps={num_steps}",
                              f"--workdir={workdir}"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -11,6 +11,7 @@ import pytest
 from configs import common, titok_b64
 from titok_var.training import ema, optimizer
 from tests.conftest import REPO_ROOT
+from tests.subprocess_env import cpu_env
 from tests.helpers import tiny_titok_config
 
 
@@ -87,7 +88,7 @@ def test_parse_arg_types_flags_and_unknown_keys():
 
 
 def _run_main(*args):
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = cpu_env()
     return subprocess.run([sys.executable, "main.py", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
