@@ -74,6 +74,8 @@ def optimizer_config(**overrides):
             b2=0.99,
             eps=1e-8,
             weight_decay=1e-4,
+            # None: constant. Else a cosine from weight_decay to this over the run (VAR's --twde).
+            weight_decay_end=None,
             grad_clip_norm=1.0,
         )
     )

@@ -40,13 +40,14 @@ def vqvae_loss_config(**overrides):
     return config
 
 
-# Depth -> (init_adaln_gamma, batch, epochs, base lr per 256, final lr ratio): the README recipes.
+# Depth -> (init_adaln_gamma, batch, epochs, base lr per 256, final lr ratio, final weight decay):
+# the README recipes (--alng, --bs, --ep, --tblr, --wpe, --twde; tests/test_var_recipes.py).
 RECIPES = {
-    16: (1e-3, 768, 200, 1e-4, 0.1),
-    20: (1e-3, 768, 250, 1e-4, 0.1),
-    24: (1e-4, 768, 350, 8e-5, 0.01),
-    30: (1e-5, 1024, 350, 8e-5, 0.01),
-    36: (5e-6, 768, 350, 8e-5, 0.01),
+    16: (1e-3, 768, 200, 1e-4, 0.1, None),
+    20: (1e-3, 768, 250, 1e-4, 0.1, None),
+    24: (1e-4, 768, 350, 8e-5, 0.01, None),
+    30: (1e-5, 1024, 350, 8e-5, 0.01, 0.08),
+    36: (5e-6, 768, 350, 8e-5, 0.01, 0.08),
 }
 IMAGENET_TRAIN_IMAGES = 1_281_167
 # VAR decays class/word embeddings and matrices; not position/level embeddings, AdaLN gains,
@@ -105,7 +106,7 @@ def var_config(depth: int, arg=None):
     from configs import common
 
     args = common.parse_arg(arg, runlocal=False, online=False)
-    _, batch, epochs, base_lr, final_ratio = RECIPES[depth]
+    _, batch, epochs, base_lr, final_ratio, final_weight_decay = RECIPES[depth]
     config = common.base_config("var")
     large = depth == 36
     config.model = var_model_config(depth, patch_nums=PATCH_NUMS_512 if large else PATCH_NUMS_256,
@@ -126,7 +127,8 @@ def var_config(depth: int, arg=None):
     peak = base_lr * batch / 256
     config.optimizer = common.optimizer_config(
         learning_rate=peak, end_learning_rate=peak * final_ratio, warmup_steps=steps_per_epoch * epochs // 50,
-        b1=0.9, b2=0.95, weight_decay=0.05, grad_clip_norm=2.0, schedule="var_lin0",
+        b1=0.9, b2=0.95, weight_decay=0.05, weight_decay_end=final_weight_decay, grad_clip_norm=2.0,
+        schedule="var_lin0",
         no_decay_pattern=VAR_NO_DECAY_PATTERN)
     config.train = common.train_config(num_steps=steps_per_epoch * epochs, global_batch_size=batch,
                                        ema_decay=0.0)  # the official trainer keeps no EMA

@@ -53,6 +53,25 @@ def learning_rate_schedule(config) -> optax.Schedule:
     )
 
 
+def weight_decay_schedule(config):
+    """AdamW's decoupled weight-decay coefficient: `optimizer.weight_decay`, or with
+    `optimizer.weight_decay_end` the official VAR curve (utils/lr_control.py, lr_wd_annealing):
+    wd(it) = end + (start - end) * (0.5 + 0.5 * cos(pi * it / (max_it - 1))) over the whole run
+    (no warm-up), applied to the decayed parameters only."""
+    start = float(config.optimizer.weight_decay)
+    end = config.optimizer.get("weight_decay_end")
+    if end is None or float(end) == start:
+        return start  # a plain float keeps the optimizer state free of a schedule counter
+    end = float(end)
+    last = max(int(config.train.num_steps) - 1, 1)
+
+    def schedule(count):
+        progress = jnp.asarray(count, jnp.float32) / last
+        return end + (start - end) * (0.5 + 0.5 * jnp.cos(jnp.pi * progress))
+
+    return schedule
+
+
 def parameter_path(path) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/")
 
@@ -78,7 +97,7 @@ def build_optimizer(config, trainable_mask=None) -> optax.GradientTransformation
             b1=opt.b1,
             b2=opt.b2,
             eps=opt.eps,
-            weight_decay=opt.weight_decay,
+            weight_decay=weight_decay_schedule(config),
             mask=lambda params: weight_decay_mask(params, pattern),
         ),
     )
