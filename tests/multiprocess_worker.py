@@ -2,14 +2,17 @@
 
   python tests/multiprocess_worker.py PORT PROCESS_ID NUM_PROCESSES WORKDIR SIGTERM_AT_STEP OUT_JSON
 
-Trains the 6-step tiny config; process 0 alone receives SIGTERM after step SIGTERM_AT_STEP (0: never),
-so stopping together relies on the cross-process preemption agreement.
+Trains the 8-step tiny config; process 0 alone receives SIGTERM after step SIGTERM_AT_STEP (0: never),
+so stopping together relies on JAX's preemption sync service. Process 0 then pauses 3 s inside that
+step: the service's SIGTERM watcher polls once a second, and the pause lets the notice reach every
+process before the run could end (a slow step, as on a real cluster).
 """
 
 import json
 import os
 import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.subprocess_env import xla_flags  # noqa: E402
@@ -27,13 +30,14 @@ def main(port, process_id, num_processes, workdir, sigterm_at_step, out_json):
 
     import jax
 
-    config = tiny_titok_config(num_steps=6, checkpoint_every_steps=100)
+    config = tiny_titok_config(num_steps=8, checkpoint_every_steps=100)
     config.mesh.update(data=2, fsdp=4)
 
     def sigterm_process_0(step, state):
         del state
         if jax.process_index() == 0 and step == int(sigterm_at_step):
             os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(3.0)
 
     result = trainer.train(config, workdir, step_callback=sigterm_process_0)
     with open(out_json, "w") as f:

@@ -267,7 +267,7 @@ def _train_loop(exp: Experiment, checkpointer: Checkpointer, step_callback) -> T
             task_state=state.task_state)
                 evaluation.write_eval_outputs(workdir, step, eval_metrics, rows, writer,
                                               evaluation.metric_notes(config, eval_metrics))
-            if not last and watcher.requested():
+            if not last and watcher.requested(step):
                 logging.warning("preemption requested at step %d: saving a checkpoint and stopping", step)
                 save(step)
                 preempted = True
