@@ -9,11 +9,13 @@ every position, then overwrites the kept ones (`blend_known_tokens`) before f_ha
 later scales are conditioned on the known content.
 
 Masks are small static inputs of the sampler, built on the host with NumPy. The bilinear resize
-uses torch's float32 CPU arithmetic (source index, lambdas and the two-tap sums rounded step by
-step in its order), so values of exactly 0.5 (frequent: e.g. 16 -> 8 averages 2x2 blocks) stay
-below the threshold as in torch. For box masks on both released schedules (600 random boxes
-checked) the decisions equal those of exact rational arithmetic, so kernels that round
-differently, such as GPU code with fused multiply-adds, should agree.
+follows torch's float32 kernel: the source index scale * (d + 0.5) - 0.5 is rounded once, as the
+fused multiply-add of torch's vectorised CPU kernel (and of nvcc's default contraction on GPUs)
+rounds it; lambdas and the two-tap sums are float32 steps in torch's order, so values of exactly
+0.5 (frequent: 16 -> 8 averages 2x2 blocks) stay below the threshold as in torch. The single
+rounding matters at 16 -> 13: output index 6 gets weights 0.49999952 / 0.5000005, not 0.5 / 0.5,
+which changes which tokens of the 13x13 scale are kept for some boxes, so exact rational
+arithmetic is not the reference here.
 """
 
 import functools
@@ -42,14 +44,17 @@ def _bilinear_taps(out_size: int, in_size: int):
 
     torch: scale = in / out; src = max(scale (d + 0.5) - 0.5, 0); i0 = min(floor(src), in - 1);
     i1 = i0 + 1 unless i0 is the last index; lambda = clip(src - i0, 0, 1); weights (1 - lambda,
-    lambda). Every step is a float32 operation, as in torch's CPU kernel.
+    lambda). scale and the rest are float32 steps; src is rounded to float32 once, as a fused
+    multiply-add does: the float64 product of two float32 numbers is exact, and so is
+    subtracting 0.5 at these magnitudes.
     """
     if out_size < 1 or in_size < 1:
         raise ValueError(f"resize sizes must be positive, got out={out_size}, in={in_size}")
     f32 = np.float32
     scale = f32(in_size) / f32(out_size)
     dst = np.arange(out_size, dtype=f32)
-    source = np.maximum(scale * (dst + f32(0.5)) - f32(0.5), f32(0.0))
+    fused = np.float64(scale) * (dst + f32(0.5)).astype(np.float64) - 0.5
+    source = np.maximum(fused.astype(f32), f32(0.0))
     first = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
     second = first + (first < in_size - 1)
     lam = np.clip(source - first.astype(f32), f32(0.0), f32(1.0))

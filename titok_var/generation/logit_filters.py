@@ -58,16 +58,59 @@ def _top_p_mask(logits, top_p: float):
     return jnp.take_along_axis(remove_sorted, jnp.argsort(order, axis=-1), axis=-1)
 
 
+def _top_k_top_p_mask(logits, top_k: int, top_p: float):
+    """`_top_k_mask`, then `_top_p_mask` of the masked row, sorting only the k candidates, not all V.
+
+    Survivors of top-k are the k candidates of `lax.top_k` plus any extra ties with the k-th value
+    v_k. In the full ascending stable sort all survivors equal to v_k come first, in index order,
+    so their cumulative mass is a running sum over the row in index order; every larger survivor
+    is a candidate, and its cumulative mass is that tie mass plus a running sum over the
+    candidates sorted by (value, index). Both halves go back to their positions by scatter.
+    """
+    values, indices = jax.lax.top_k(logits, top_k)
+    kth = values[..., -1:]
+    survivors = logits >= kth
+    masked = jnp.where(survivors, logits, -jnp.inf)
+    probs = jax.nn.softmax(masked, axis=-1)
+    # Ties with the k-th value: running mass in index order (the full sort's order among equals).
+    tied = logits == kth
+    tie_cumulative = jnp.cumsum(jnp.where(tied, probs, 0.0), axis=-1)
+    tie_mass = tie_cumulative[..., -1:]
+    # Larger candidates, ascending by (value, index) as the stable sort puts them.
+    above = values > kth
+    keys = jnp.where(above, values, -jnp.inf)
+    sorted_keys, sorted_indices = jax.lax.sort((keys, indices), dimension=-1, num_keys=2)
+    sorted_above = sorted_keys > kth
+    sorted_probs = jnp.where(sorted_above, jnp.take_along_axis(probs, sorted_indices, axis=-1), 0.0)
+    above_cumulative = tie_mass + jnp.cumsum(sorted_probs, axis=-1)
+    threshold = 1.0 - top_p
+    remove_above_sorted = sorted_above & (above_cumulative <= threshold)
+    # The row's largest value (last in ascending order) is always kept.
+    remove_above_sorted = remove_above_sorted.at[..., -1].set(False)
+    remove = jnp.zeros(logits.shape, bool)
+    batch = jnp.indices(sorted_indices.shape)[:-1]
+    remove = remove.at[(*batch, sorted_indices)].set(remove_above_sorted)
+    # Ties: removed when their running mass is <= 1 - p, unless one of them is the row's largest
+    # (every survivor tied), whose last tie in index order stays.
+    all_tied = ~jnp.any(above, axis=-1, keepdims=True)
+    last_tie = tied & (jnp.cumsum(tied, axis=-1) == jnp.sum(tied, axis=-1, keepdims=True))
+    remove_ties = tied & (tie_cumulative <= threshold) & ~(all_tied & last_tie)
+    return ~survivors | remove | remove_ties
+
+
 def top_k_top_p_filter(logits, top_k: int = 0, top_p: float = 0.0):
     """(..., V) logits with the entries that top-k, then top-p, removes set to -inf (float32).
 
-    top_k <= 0 and top_p <= 0 disable the respective filter; both must be static.
+    top_k <= 0 and top_p <= 0 disable the respective filter; both must be static. With both, the
+    nucleus cut sorts only the top-k candidates (`_top_k_top_p_mask`), not the vocabulary.
     """
     logits = jnp.asarray(logits, jnp.float32)
     if logits.ndim < 1:
         raise ValueError("logits need a trailing vocabulary axis, got a scalar")
     top_k = _static_top_k(top_k, logits.shape[-1])
     top_p = _static_top_p(top_p)
+    if top_k > 0 and top_p > 0:
+        return jnp.where(_top_k_top_p_mask(logits, top_k, top_p), -jnp.inf, logits)
     if top_k > 0:
         logits = jnp.where(_top_k_mask(logits, top_k), -jnp.inf, logits)
     if top_p > 0:
