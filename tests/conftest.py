@@ -39,13 +39,52 @@ def pytest_configure(config):
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
+def _claim(lock) -> bool:
+    """Takes the lock file (holding this pid) if it is free or its holder process is gone."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            holder = int(lock.read_text() or "0")
+        except (OSError, ValueError):
+            return False  # being written: ask again later
+        if holder <= 0 or _alive(holder):
+            return False
+        stale = lock.with_suffix(f".stale{os.getpid()}")
+        try:
+            os.replace(lock, stale)  # only one claimant wins the rename of the dead holder's lock
+        except FileNotFoundError:
+            return False
+        os.unlink(stale)
+        return _claim(lock)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """False for a gone process and for a zombie (a crashed xdist worker is not reaped at once)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc: trust kill(0)
+
+
 @pytest.fixture(scope="session")
 def tiny_var_run(tmp_path_factory):
     """A tiny VQVAE -> export -> token maps -> VAR pipeline trained once per test run for every
     VAR test module: dict(config, result (with .losses), workdir, vq_config, export_dir).
 
     Under pytest-xdist the first worker trains it in the run's shared temp folder while the others
-    wait for its marker file, so parallel workers do not train it twice.
+    wait for its marker file, so parallel workers do not train it twice; if that worker dies (xdist
+    replaces a crashed worker), a waiting or new worker takes the lock over and trains it.
     """
     from tests.helpers import tiny_var_config, tiny_var_vqvae_config, train_tiny_var_pipeline
 
@@ -53,21 +92,27 @@ def tiny_var_run(tmp_path_factory):
         return train_tiny_var_pipeline(tmp_path_factory.mktemp("tiny_var"))
     root = tmp_path_factory.getbasetemp().parent / "tiny_var_shared"
     marker, lock = root / "done.json", root.with_suffix(".lock")
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        fd = None
-    if fd is not None:
-        os.close(fd)
-        root.mkdir(parents=True, exist_ok=True)
-        run = train_tiny_var_pipeline(root)
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"export_dir": run["export_dir"], "workdir": run["workdir"],
-                                   "losses": {str(k): v for k, v in run["result"].losses.items()}}))
-        os.replace(tmp, marker)
-        return run
+    failure = root.with_suffix(".failed")
     deadline = time.monotonic() + 1800
     while not marker.exists():
+        if failure.exists():
+            raise RuntimeError(f"another test worker failed to train {root}: {failure.read_text()}")
+        if _claim(lock):
+            if root.exists():  # left by a worker that died while training
+                import shutil
+
+                shutil.rmtree(root)
+            root.mkdir(parents=True)
+            try:
+                run = train_tiny_var_pipeline(root)
+            except Exception as e:
+                failure.write_text(f"{type(e).__name__}: {e}")
+                raise
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"export_dir": run["export_dir"], "workdir": run["workdir"],
+                                       "losses": {str(k): v for k, v in run["result"].losses.items()}}))
+            os.replace(tmp, marker)
+            return run
         if time.monotonic() > deadline:
             raise TimeoutError(f"another test worker did not finish training {root}")
         time.sleep(2)

@@ -1,4 +1,5 @@
-"""Export and reload on another mesh; main.py modes end to end (train, eval, summary, export)."""
+"""Export and reload on another mesh; main.py modes as subprocesses on the tiny config: train, eval of a
+checkpoint and of an export, summary, export, and a damaged export refused by name."""
 
 import json
 import os
@@ -35,15 +36,15 @@ def test_export_loads_back_with_one_call_on_a_different_mesh(tmp_path):
     assert recon.shape == images.shape and aux["indices"].shape == (2, 8)
 
 
-def test_main_train_eval_export_and_corrupt_export_dir(tmp_path):
+def test_main_train_eval_summary_export_and_damaged_export_dir(tmp_path):
     workdir, export_dir = str(tmp_path / "work"), str(tmp_path / "export")
     common = ["--config=tests/tiny_main_config.py", f"--workdir={workdir}"]
     env = cpu_env()
 
-    def run(*args):
+    def run(*args, expect_success=True):
         result = subprocess.run([sys.executable, "main.py", *common, *args], cwd=REPO_ROOT, env=env,
                                 capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert (result.returncode == 0) == expect_success, result.stderr[-3000:]
         return result
 
     run("--mode=train")
@@ -54,6 +55,34 @@ def test_main_train_eval_export_and_corrupt_export_dir(tmp_path):
     assert os.path.exists(os.path.join(workdir, "eval", "step_000000002", "metrics.json"))
     run("--mode=export", f"--export_dir={export_dir}")
     assert os.path.isdir(os.path.join(export_dir, "params"))
+
+    # summary: one line per top-level module and a total, equal to the exported parameters.
+    lines = run("--mode=summary").stdout.strip().splitlines()
+    counts = dict(line.split(": ") for line in lines if line.startswith("params/"))
+    _, exported_params, _ = export.load_exported(export_dir)
+    sizes = {name: sum(np.size(x) for x in jax.tree.leaves(sub)) for name, sub in exported_params.items()}
+    assert {k: int(v) for k, v in counts.items()} == {
+        **{f"params/{k}": v for k, v in sizes.items()}, "params/total": sum(sizes.values())}
+
+    # eval of the export writes its metrics into the work dir's eval folder for step 0 ...
+    export_eval_dir = str(tmp_path / "export_eval")
+    subprocess_result = subprocess.run(
+        [sys.executable, "main.py", "--config=tests/tiny_main_config.py", f"--workdir={export_eval_dir}",
+         "--mode=eval", f"--export_dir={export_dir}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=600)
+    assert subprocess_result.returncode == 0, subprocess_result.stderr[-3000:]
+    export_metrics = json.load(open(os.path.join(export_eval_dir, "eval", "step_000000000", "metrics.json")))
+    assert np.isfinite(export_metrics["psnr"])
+    # ... and a byte flipped in one of its files is refused, naming the export and the file.
+    params_dir = os.path.join(export_dir, "params")
+    damaged = max((os.path.join(d, f) for d, _, files in os.walk(params_dir) for f in files), key=os.path.getsize)
+    with open(damaged, "r+b") as f:
+        f.seek(os.path.getsize(damaged) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    failed = run("--mode=eval", f"--export_dir={export_dir}", expect_success=False)
+    assert f"export {export_dir}: file {damaged} does not match its checksum" in failed.stderr
     # A second train call finds the finished run and does nothing more.
     run("--mode=train")
     assert ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).latest_step() == 4

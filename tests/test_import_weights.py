@@ -1,5 +1,8 @@
-"""Converted weights (a converter's flat .npz) become an export that loads, evaluates with
-`main.py --mode eval --export_dir`, and names every mismatch when they belong to another model."""
+"""Converted weights (a converter's flat .npz) become an export (`export.import_converted`, what
+`main.py --mode import` calls) that loads bit-exactly, evaluates through `inference.evaluate` with
+`export_dir` (what `main.py --mode eval --export_dir` calls; the subprocess runs are in
+test_export_and_main.py and test_released_*_commands.py), and names every mismatch when the
+weights belong to another model."""
 
 import json
 

@@ -288,7 +288,9 @@ def test_encoder_module_gives_the_full_models_codes():
 
 
 def res_block_size(cin, cout):
-    """ResnetBlock parameters per the notes: 2 GroupNorms, two bias-free 3x3 convs, 1x1 shortcut."""
+    """Parameters of the official ResnetBlock (1d-tokenizer modeling/modules/maskgit_vqgan.py): GroupNorm
+    affine over cin and cout, bias-free 3x3 convs cin->cout and cout->cout, and when cin != cout a
+    bias-free 1x1 cout->cout shortcut (applied to h, the official quirk)."""
     return 2 * cin + cout * cin * 9 + 2 * cout + cout * cout * 9 + (cout * cout if cin != cout else 0)
 
 
