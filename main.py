@@ -40,12 +40,18 @@ def define_flags(flag_values=flags.FLAGS) -> dict:
         num_processes=flags.DEFINE_integer("num_processes", 1, "Number of processes (with coordinator).", **fv),
         process_id=flags.DEFINE_integer("process_id", 0, "This process's index (with coordinator).", **fv),
         distributed=flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() auto-detect.", **fv),
+        verbose_logs=flags.DEFINE_bool("verbose_logs", False, "Also show the libraries' INFO lines (orbax, jax, "
+                                       "TensorFlow); by default only this package's lines, progress and warnings.",
+                                       **fv),
     )
 
 
 def main(argv, f: dict):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from titok_var import logs
+
+    logs.configure(verbose=f["verbose_logs"].value)
     from titok_var import distributed
 
     distributed.initialize(f["coordinator_address"].value, f["num_processes"].value, f["process_id"].value, f["distributed"].value)

@@ -29,5 +29,6 @@ setuptools.setup(
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         "gpu": ["jax[cuda12]>=0.10,<0.11"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],
+        "aot": ["jax[tpu]>=0.10,<0.11"],  # libtpu: bench/aot.py compiles for TPU slices on a CPU host
     },
 )

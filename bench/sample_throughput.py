@@ -31,7 +31,6 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -40,6 +39,7 @@ from absl import app, flags  # noqa: E402
 from bench import train_step  # noqa: E402  (defines --config, --batch_size, --warmup, --peak_tflops)
 from titok_var.generation import maskgit_sampling  # noqa: E402
 from titok_var.generation.var_sampling import QuantizerOps, sample_scales  # noqa: E402
+from titok_var.quantizers import multiscale  # noqa: E402
 from titok_var.quantizers.multiscale import MultiScaleResidualQuantizer  # noqa: E402
 from titok_var.sharding import mesh as mesh_lib  # noqa: E402
 from titok_var.tasks.tokenizer import DTYPES  # noqa: E402
@@ -106,18 +106,8 @@ class Sampler:
 
 
 def random_quantizer_params(quantizer: MultiScaleResidualQuantizer, seed: int, sharding) -> dict:
-    """Quantizer-shaped random params drawn on the host (~0.2M values; compiling the quantizer's
-    `init`, which quantizes a dummy map, would take longer than the whole tiny benchmark)."""
-    size = quantizer.full_size
-    features = jax.ShapeDtypeStruct((1, size, size, quantizer.code_dim), jnp.float32)
-    abstract = jax.eval_shape(lambda k, f: nn.unbox(quantizer.init(k, f))["params"], jax.random.key(0), features)
-    rng = np.random.default_rng(seed)
-
-    def draw(leaf):
-        fan_in = int(np.prod(leaf.shape[:-1])) if leaf.ndim > 1 else leaf.shape[0]
-        return jax.device_put(rng.normal(0.0, 1.0 / np.sqrt(fan_in), leaf.shape).astype(leaf.dtype), sharding)
-
-    return jax.tree.map(draw, abstract)
+    """Quantizer-shaped random params drawn on the host, placed with `sharding`."""
+    return jax.device_put(multiscale.random_host_params(quantizer, seed), sharding)
 
 
 def var_sampler(exp, params, labels, seed: int) -> Sampler:

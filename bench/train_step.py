@@ -29,10 +29,18 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak dense TFLOP/s of one device at the compute dtype.")
 
 
+def token_shape(config) -> tuple[int, int]:
+    """(tokens per example, vocabulary) of a generator config: VAR's L over all scales, MaskGIT's seq_len."""
+    if config.model_name == "var":
+        return sum(int(p) ** 2 for p in config.model.patch_nums), int(config.model.vocab_size)
+    return int(config.model.seq_len), int(config.model.codebook_size)
+
+
 def synthetic_batch(config, batch_size: int) -> dict:
     rng = np.random.default_rng(0)
     if config.data.name == "tokens":
-        return {"tokens": rng.integers(0, config.model.codebook_size, (batch_size, config.model.seq_len), np.int32),
+        length, vocab = token_shape(config)
+        return {"tokens": rng.integers(0, vocab, (batch_size, length), np.int32),
                 "label": rng.integers(0, config.model.num_classes, (batch_size,), np.int32)}
     size = config.data.image_size
     return {"image": rng.uniform(size=(batch_size, size, size, 3)).astype(np.float32),
@@ -41,7 +49,7 @@ def synthetic_batch(config, batch_size: int) -> dict:
 
 def tokens_per_example(config) -> int:
     if config.data.name == "tokens":
-        return config.model.seq_len
+        return token_shape(config)[0]
     return (config.model.image_size // config.model.patch_size) ** 2
 
 
@@ -61,7 +69,7 @@ def main(argv):
         flops_per_step = float(cost.get("flops", 0.0)) if cost else 0.0
         for _ in range(_WARMUP.value):
             state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
+        jax.block_until_ready(state)
         windows = []
         for _ in range(_REPEATS.value):
             start = time.perf_counter()

@@ -3,12 +3,14 @@ checkpoint and of an export, summary, export, and a damaged export refused by na
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 import titok_var
 from titok_var.training import trainer
@@ -47,7 +49,12 @@ def test_main_train_eval_summary_export_and_damaged_export_dir(tmp_path):
         assert (result.returncode == 0) == expect_success, result.stderr[-3000:]
         return result
 
-    run("--mode=train")
+    train_log = run("--mode=train").stderr
+    # Quiet logs: every INFO line comes from this package (or clu's progress line), none from orbax/jax.
+    ours = {name for _, _, files in os.walk(os.path.join(REPO_ROOT, "titok_var")) for name in files} | {
+        "main.py", "periodic_actions.py", "local.py", "logging_writer.py"}  # clu: progress line, metrics
+    info_sources = set(re.findall(r"^I\d{4} [\d:.]+\s+\d+ (\S+?\.py):\d+\]", train_log, flags=re.M))
+    assert info_sources and info_sources <= ours, info_sources - ours
     assert os.path.exists(os.path.join(workdir, "eval", "step_000000004", "reconstructions.png"))
     metrics = json.load(open(os.path.join(workdir, "eval", "step_000000004", "metrics.json")))
     assert {"psnr", "ssim", "codebook_usage", "codebook_perplexity"} <= set(metrics)
@@ -64,15 +71,16 @@ def test_main_train_eval_summary_export_and_damaged_export_dir(tmp_path):
     assert {k: int(v) for k, v in counts.items()} == {
         **{f"params/{k}": v for k, v in sizes.items()}, "params/total": sum(sizes.values())}
 
-    # eval of the export writes its metrics into the work dir's eval folder for step 0 ...
+    # eval of the export writes its metrics into the other work dir, under the exported step (4) ...
     export_eval_dir = str(tmp_path / "export_eval")
     subprocess_result = subprocess.run(
         [sys.executable, "main.py", "--config=tests/tiny_main_config.py", f"--workdir={export_eval_dir}",
          "--mode=eval", f"--export_dir={export_dir}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
         timeout=600)
     assert subprocess_result.returncode == 0, subprocess_result.stderr[-3000:]
-    export_metrics = json.load(open(os.path.join(export_eval_dir, "eval", "step_000000000", "metrics.json")))
-    assert np.isfinite(export_metrics["psnr"])
+    assert os.listdir(os.path.join(export_eval_dir, "eval")) == ["step_000000004"]
+    export_metrics = json.load(open(os.path.join(export_eval_dir, "eval", "step_000000004", "metrics.json")))
+    assert export_metrics["psnr"] == pytest.approx(metrics["psnr"], abs=1e-4)  # EMA params, as the eval in training
     # ... and a byte flipped in one of its files is refused, naming the export and the file.
     params_dir = os.path.join(export_dir, "params")
     damaged = max((os.path.join(d, f) for d, _, files in os.walk(params_dir) for f in files), key=os.path.getsize)

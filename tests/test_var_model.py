@@ -473,7 +473,9 @@ def test_every_parameter_is_annotated_and_lowers_sharded():
     # sharding the rules cannot place, in training and in cached decoding.
     mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     rules_lib.assert_divisible(boxed, mesh, rules)
-    shardings = rules_lib.tree_shardings(boxed, mesh, rules)["params"]
+    shardings = jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec),
+                             rules_lib.mesh_partition_specs(boxed, rules)["params"],
+                             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           nn.unbox(boxed)["params"], shardings)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -91,9 +91,8 @@ def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return image[:, ::-1] if rng.random() < 0.5 else image
 
 
-# train_transform's boolean keyword arguments shadow these op names inside it.
+# train_transform_with_flip's boolean keyword argument shadows this op's name inside it.
 _random_crop = random_crop
-_random_flip = random_flip
 
 
 def to_unit_float(image: np.ndarray) -> np.ndarray:

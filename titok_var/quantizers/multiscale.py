@@ -381,3 +381,20 @@ class MultiScaleResidualQuantizer(nn.Module):
         if si == self.num_scales - 1:
             return f_hat, f_hat
         return f_hat, area_resize(f_hat, self.scales[si + 1])
+
+
+def random_host_params(quantizer: MultiScaleResidualQuantizer, seed: int) -> dict:
+    """Quantizer-shaped random parameters as host numpy arrays (codebook and phi convolutions drawn
+    with std 1/sqrt(fan-in)): a stand-in for a trained VQVAE's quantizer in benchmarks and
+    ahead-of-time compilation, where only shapes and cost matter. Drawn from shapes alone, because
+    compiling the quantizer's `init` (which quantizes a dummy map) costs more than a small benchmark."""
+    size = quantizer.full_size
+    features = jax.ShapeDtypeStruct((1, size, size, quantizer.code_dim), jnp.float32)
+    abstract = jax.eval_shape(lambda k, f: nn.unbox(quantizer.init(k, f))["params"], jax.random.key(0), features)
+    rng = np.random.default_rng(seed)
+
+    def draw(leaf):
+        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else leaf.shape[0]
+        return rng.normal(0.0, 1.0 / np.sqrt(fan_in), leaf.shape).astype(leaf.dtype)
+
+    return jax.tree.map(draw, abstract)

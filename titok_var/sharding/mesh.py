@@ -43,6 +43,8 @@ def make_mesh(requested: Mapping[str, int], devices: Sequence[jax.Device] | None
     shape = tuple(sizes[axis] for axis in MESH_AXES)
     if len(devices) == len(jax.devices()):
         return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    if devices[0].platform != jax.devices()[0].platform:  # a TPU topology's abstract devices (bench/aot.py)
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
     # An explicit device subset (tests): keep the given order.
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 

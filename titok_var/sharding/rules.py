@@ -59,7 +59,6 @@ def assert_divisible(boxed_tree, mesh: Mesh, rules: Rules) -> None:
                 )
 
 
-def tree_shardings(boxed_tree, mesh: Mesh, rules: Rules):
-    """NamedShardings for every leaf; leaves without logical names are replicated."""
-    specs = nn.get_partition_spec(boxed_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+def mesh_partition_specs(boxed_tree, rules: Rules):
+    """Mesh PartitionSpecs of every leaf from its logical axis names; unnamed leaves are replicated."""
+    return nn.logical_to_mesh(nn.get_partition_spec(boxed_tree), rules)

@@ -18,7 +18,7 @@ import optax
 from titok_var.generation.var_sampling import QuantizerOps, VarSamplingSettings, sample_scales
 from titok_var.models.var import VAR, scale_spans
 from titok_var.models.var_vqvae import VQVAE
-from titok_var.quantizers.multiscale import MultiScaleResidualQuantizer
+from titok_var.quantizers.multiscale import MultiScaleResidualQuantizer, random_host_params
 from titok_var.sharding import mesh as mesh_lib
 from titok_var.tasks.tokenizer import compute_dtype
 from titok_var.tasks.var_tokenizer import split_token_maps
@@ -29,11 +29,6 @@ def build_var(model_config) -> VAR:
     fields["dtype"] = compute_dtype(fields.get("dtype", "float32"))
     fields["patch_nums"] = tuple(int(p) for p in fields["patch_nums"])
     return VAR(**fields)
-
-
-def per_scale_means(values, patch_nums):
-    """(B, L) per-token values -> list of per-scale means (each scale's tokens weigh equally)."""
-    return [jnp.mean(values[:, begin:end]) for begin, end in scale_spans(patch_nums)]
 
 
 class VarGeneratorTask:
@@ -78,6 +73,14 @@ class VarGeneratorTask:
             raise ValueError(f"VQVAE export {self.config.tokenizer.export_dir} does not fit this VAR: "
                              + "; ".join(mismatches))
         return task, params, config
+
+    def use_random_quantizer(self, seed: int) -> None:
+        """Benchmarks and ahead-of-time compilation only: a random quantizer of this VAR's shapes
+        stands in for the VQVAE export's (teacher input and sampling then cost the same, but their
+        values mean nothing). Call before the first trace."""
+        module = MultiScaleResidualQuantizer(codebook_size=self.model.vocab_size, code_dim=self.model.vae_channels,
+                                             patch_nums=self.patch_nums)
+        self.__dict__["_quantizer"] = (module, random_host_params(module, seed))  # fills the cached property
 
     @functools.cached_property
     def _quantizer(self):

@@ -16,6 +16,7 @@ from absl import app, flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
+from titok_var import logs
 from titok_var.data import proxy_code_table
 from titok_var.models.maskgit_vqgan import MaskGitVQGAN
 from titok_var.tasks.titok_stages import ProxyCodeTask, load_vqgan_params
@@ -68,6 +69,7 @@ def define_flags(flag_values=flags.FLAGS):
 
 
 if __name__ == "__main__":
+    logs.configure()  # TITOK_VAR_VERBOSE_LOGS=1 shows the libraries' INFO lines
     _config_flag, _distributed_flag = define_flags()
     flags.mark_flag_as_required("config")
     app.run(lambda argv: main(argv, _config_flag, _distributed_flag))

@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
+from titok_var import logs
 from titok_var.data import builder, pipeline, token_shards, transforms
 from titok_var.tools.export import load_exported
 
@@ -156,6 +157,7 @@ def main(argv, config_flag, split_flag, distributed_flag):
 
 
 if __name__ == "__main__":
+    logs.configure()  # TITOK_VAR_VERBOSE_LOGS=1 shows the libraries' INFO lines
     _config_flag, _split_flag, _distributed_flag = define_flags()
     flags.mark_flag_as_required("config")
     app.run(lambda argv: main(argv, _config_flag, _split_flag, _distributed_flag))

@@ -30,6 +30,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from titok_var import logs
 from titok_var.data.sources import decode_image_bytes
 from titok_var.data.transforms import eval_transform, resize_from_config
 from titok_var.evaluation import image_grid
@@ -53,11 +54,6 @@ def read_image_file(path, what: str) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist or is not a file")
     return decode_image_bytes(path.read_bytes(), what=f"{what} {str(path)!r}")
-
-
-def load_edit_image(image_path, image_size: int) -> np.ndarray:
-    """The image to edit as float32 (S, S, 3) in [0, 1]: shorter side resized to S, centre crop."""
-    return eval_transform(read_image_file(image_path, "image to edit"), image_size)
 
 
 def load_mask_file(mask_path, finest: int, inpaint: bool, image_size: int | None = None) -> np.ndarray:
@@ -327,6 +323,7 @@ def run_from_flags(values: dict) -> str:
 
 
 if __name__ == "__main__":
+    logs.configure()  # TITOK_VAR_VERBOSE_LOGS=1 shows the libraries' INFO lines
     _FLAGS = define_flags()
     flags.mark_flags_as_required(["config", "workdir", "image"])
     app.run(lambda argv: print(run_from_flags(_FLAGS)))

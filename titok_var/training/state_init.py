@@ -27,11 +27,12 @@ def _is_spec(x):
 
 def state_layout(task, tx: optax.GradientTransformation, config, mesh: Mesh, rules) -> StateLayout:
     """Shapes and shardings of the train state, without allocating it."""
+    key = jax.random.key(0)  # concrete keys cannot be made under a mesh of abstract (AOT) devices
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        boxed_params = jax.eval_shape(task.init_params, jax.random.key(0))
+        boxed_params = jax.eval_shape(task.init_params, key)
     rules_lib.assert_rules_cover(boxed_params, rules)
     rules_lib.assert_divisible(boxed_params, mesh, rules)
-    param_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_params), rules)
+    param_specs = rules_lib.mesh_partition_specs(boxed_params, rules)
     params = nn.unbox(boxed_params)
     opt_state = jax.eval_shape(tx.init, params)
     opt_specs = optax.tree_map_params(
