@@ -144,7 +144,15 @@ def compile_for_topology(config, topology: str, batch_size: int, what: str, seed
         lowered = fn.lower(*args)
         lower_s = time.perf_counter() - start
         start = time.perf_counter()
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            # The TPU compiler refuses a program whose temporaries exceed HBM: report by how much.
+            needed = _OUT_OF_HBM.search(str(e))
+            if not needed:
+                raise
+            return _report(config, what, topology, devices, exp, batch_size, chip, lower_s=lower_s,
+                           compile_s=time.perf_counter() - start, out_of_hbm_gb=(float(needed[1]), float(needed[2])))
         compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -153,25 +161,43 @@ def compile_for_topology(config, topology: str, batch_size: int, what: str, seed
               + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
     hbm_gib, peak_tflops = CHIPS[chip]
     return {
-        "config": config.model_name, "what": what, "topology": topology, "chips": len(devices),
-        "mesh": {k: int(v) for k, v in exp.mesh.shape.items()}, "batch": batch_size,
-        "dtype": config.model.get("dtype", "float32"),
-        "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(exp.layout.abstract.params)),
+        **_report(config, what, topology, devices, exp, batch_size, chip, lower_s=lower_s, compile_s=compile_s),
         "argument_bytes": memory.argument_size_in_bytes, "output_bytes": memory.output_size_in_bytes,
         "alias_bytes": memory.alias_size_in_bytes, "temp_bytes": memory.temp_size_in_bytes,
         "code_bytes": memory.generated_code_size_in_bytes, "hbm_needed_bytes": needed,
         "hbm_bytes": hbm_gib * 2**30, "fits": needed <= hbm_gib * 2**30,
         "flops": float(cost.get("flops", 0.0)), "optimal_seconds": float(cost.get("optimal_seconds", 0.0) or 0.0),
         "peak_tflops": peak_tflops, "collective_bytes": collective_bytes(compiled.as_text()),
-        "lower_s": lower_s, "compile_s": compile_s,
+    }
+
+
+_OUT_OF_HBM = re.compile(r"required for HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)")
+
+
+def _report(config, what, topology, devices, exp, batch_size, chip, *, lower_s, compile_s, out_of_hbm_gb=None):
+    """The fields every report has; `out_of_hbm_gb` = (temporaries, available) when the compiler refused."""
+    return {
+        "config": config.model_name, "what": what, "topology": topology, "chips": len(devices),
+        "mesh": {k: int(v) for k, v in exp.mesh.shape.items()}, "batch": batch_size,
+        "dtype": config.model.get("dtype", "float32"),
+        "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(exp.layout.abstract.params)),
+        "lower_s": lower_s, "compile_s": compile_s, "out_of_hbm_gb": out_of_hbm_gb, "fits": out_of_hbm_gb is None,
+        "peak_tflops": CHIPS[chip][1],
     }
 
 
 def format_report(r: dict) -> str:
     gib = 2.0**30
+    header = (f"{r['config']} {r['what']} on {r['topology']} ({r['chips']} chips), mesh {r['mesh']}, global batch "
+              f"{r['batch']}, {r['dtype']}, {r['params'] / 1e6:.1f}M parameters; jax {jax.__version__}")
+    if r["out_of_hbm_gb"]:
+        temporaries, available = r["out_of_hbm_gb"]
+        return "\n".join([header, f"hbm_per_chip_gib: does NOT fit: temporaries alone need {temporaries:.1f} G of "
+                                  f"{available:.1f} G available (the compiler stops there; short by at least "
+                                  f"{temporaries - available:.1f} G)", f"lower_s: {r['lower_s']:.1f}  compile_s: "
+                                  f"{r['compile_s']:.1f} (until refused)"])
     lines = [
-        f"{r['config']} {r['what']} on {r['topology']} ({r['chips']} chips), mesh {r['mesh']}, global batch "
-        f"{r['batch']}, {r['dtype']}, {r['params'] / 1e6:.1f}M parameters; jax {jax.__version__}",
+        header,
         f"hbm_per_chip_gib: {r['hbm_needed_bytes'] / gib:.2f} of {r['hbm_bytes'] / gib:.0f} "
         f"({'fits' if r['fits'] else 'does NOT fit: short by %.2f GiB' % ((r['hbm_needed_bytes'] - r['hbm_bytes']) / gib)})",
         f"  arguments {r['argument_bytes'] / gib:.2f}  outputs {r['output_bytes'] / gib:.2f}  donated aliases "

@@ -107,3 +107,21 @@ def test_nonfinite_loss_stops_with_the_step(tmp_path):
     with pytest.raises(trainer.NonFiniteLossError, match="at step 1;"):
         trainer.train(config, str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "3"))
+
+
+def test_inference_restores_only_the_parameters_it_uses(tmp_path):
+    # The EMA (eval.use_ema) or raw parameters of a step, equal to the full train state's, without
+    # the optimizer moments; a config without EMA reads the raw parameters.
+    config = tiny_titok_config(num_steps=3, checkpoint_every_steps=3)
+    result = trainer.train(config, str(tmp_path))
+    full = jax.device_get(result.state)
+    for use_ema, expected in ((True, full.ema_params), (False, full.params)):
+        config.eval.use_ema = use_ema
+        exp = trainer.build_experiment(config, str(tmp_path))
+        params, _, step, used_ema = trainer.restore_inference_params(exp, str(tmp_path))
+        assert step == 3 and used_ema == use_ema
+        for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(jax.device_get(params))):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(jax.tree.leaves(full.ema_params)[0], jax.tree.leaves(full.params)[0])
+    with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
+        trainer.restore_inference_params(exp, str(tmp_path), step=7)

@@ -174,6 +174,42 @@ class Checkpointer:
                 f"{self.describe(step)} cannot be restored ({type(e).__name__}: {e}); folder {self.step_dir(step)}") from e
         return restored["state"], meta
 
+    def restore_params(self, step: int, abstract_params, param_shardings, model_name: str, *, use_ema: bool,
+                       abstract_task_state=None, task_state_shardings=None):
+        """What inference needs from `step`, and nothing else (no optimizer moments): the EMA
+        parameters when `use_ema` and the step holds them, else the raw ones, and the task's
+        auxiliary state when its abstract tree is given. Returns (params, task_state, used_ema)."""
+        if step not in self.manager.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
+            )
+        self.verify(step)
+        state_dir = self.step_dir(step) / "state"
+        try:
+            self.check_compatible(step, model_name, abstract_params)
+            stored = dict(ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata)
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # orbax / tensorstore errors on a damaged step without checksums
+            raise checksums.DamagedCheckpointError(
+                f"{self.describe(step)} cannot be read ({type(e).__name__}: {e}); folder {self.step_dir(step)}") from e
+        used_ema = bool(use_ema and jax.tree.leaves(stored.get("ema_params")))
+        wanted = {"ema_params" if used_ema else "params": (abstract_params, param_shardings)}
+        if abstract_task_state is not None and jax.tree.leaves(abstract_task_state):
+            wanted["task_state"] = (abstract_task_state, task_state_shardings)
+        item = {name: jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                                   tree, shardings) for name, (tree, shardings) in wanted.items()}
+        restore_args = jax.tree.map(
+            lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape, dtype=t.dtype), item)
+        try:
+            restored = ocp.PyTreeCheckpointer().restore(
+                state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+        except Exception as e:
+            raise checksums.DamagedCheckpointError(
+                f"{self.describe(step)} cannot be restored ({type(e).__name__}: {e}); folder {self.step_dir(step)}") from e
+        params = restored["ema_params" if used_ema else "params"]
+        return params, restored.get("task_state", abstract_task_state), used_ema
+
     def wait(self):
         self.manager.wait_until_finished()
         self._seal()

@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from titok_var import registry
 from titok_var.checkpointing import checksums
 from titok_var.checkpointing.manager import config_to_json, parameter_shapes
-from titok_var.training import evaluation, state_init, trainer
+from titok_var.training import state_init, trainer
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
@@ -31,10 +31,8 @@ def _write_json(path: str, payload: dict):
 def export_checkpoint(config, workdir: str, export_dir: str, step: int | None = None, devices=None) -> str:
     """Writes the evaluation parameters of a work dir's checkpoint to `export_dir`."""
     exp = trainer.build_experiment(config, workdir, devices)
-    state, step = trainer.restore_checkpoint(exp, workdir, step, "export")
-    used_ema = bool(config.eval.use_ema and state.ema_params is not None)
-    return write_export(config, evaluation.eval_params(state, config), export_dir,
-                        {"step": step, "ema": used_ema})
+    params, _, step, used_ema = trainer.restore_inference_params(exp, workdir, step, "export")
+    return write_export(config, params, export_dir, {"step": step, "ema": used_ema})
 
 
 def write_export(config, params, export_dir: str, meta: dict) -> str:

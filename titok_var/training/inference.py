@@ -91,9 +91,8 @@ def load_inference_params(config, workdir: str | None = None, *, step: int | Non
         raise ValueError(f"nothing to {purpose}: give a work dir with checkpoints or an export dir")
     config = with_dtype(config, compute_dtype)
     exp = trainer.build_experiment(config, workdir, devices)
-    state, step = trainer.restore_checkpoint(exp, workdir, step, purpose)
-    return InferenceParams(exp, evaluation.eval_params(state, config), int(step),
-                           describe_source(workdir, step, None), task_state=state.task_state)
+    params, task_state, step, _ = trainer.restore_inference_params(exp, workdir, step, purpose)
+    return InferenceParams(exp, params, int(step), describe_source(workdir, step, None), task_state=task_state)
 
 
 def _from_export(config, export_dir: str, workdir: str | None, devices, compute_dtype) -> InferenceParams:

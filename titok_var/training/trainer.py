@@ -288,9 +288,11 @@ def write_status(workdir: str, status: str, step: int | None = None, num_steps: 
         run_status.write_status(workdir, status, step, num_steps, error)
 
 
-def restore_checkpoint(exp: Experiment, workdir: str, step: int | None = None, purpose: str = "restore"):
-    """(state, step): the newest (or given) checkpoint of `workdir` on the experiment's mesh; a work
-    dir without one raises FileNotFoundError saying what it was wanted for (and creates nothing)."""
+def restore_inference_params(exp: Experiment, workdir: str, step: int | None = None, purpose: str = "restore"):
+    """(params, task_state, step, used_ema) of the newest (or given) checkpoint of `workdir` on the
+    experiment's mesh: the EMA parameters where `eval.use_ema` asks and the step holds them, the
+    task's auxiliary state, never the optimizer moments. A work dir without a checkpoint raises
+    FileNotFoundError saying what it was wanted for (and creates nothing)."""
     directory = epath.Path(workdir) / CHECKPOINT_DIR
     if not directory.is_dir():
         hint = " (it is an export: pass it as --export_dir)" if (epath.Path(workdir) / "export.json").exists() else ""
@@ -300,11 +302,15 @@ def restore_checkpoint(exp: Experiment, workdir: str, step: int | None = None, p
         step = checkpointer.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint to {purpose} in {checkpointer.directory}")
-        with exp.context():
-            state = restore_or_create(exp, checkpointer, step)
+        logging.info("restoring the parameters of step %d from %s", step, checkpointer.directory)
+        layout = exp.layout
+        params, task_state, used_ema = checkpointer.restore_params(
+            step, layout.abstract.params, layout.shardings.params, exp.config.model_name,
+            use_ema=bool(exp.config.eval.use_ema), abstract_task_state=layout.abstract.task_state,
+            task_state_shardings=layout.shardings.task_state)
     finally:
         checkpointer.close()
-    return state, step
+    return params, task_state, step, used_ema
 
 
 def _flat_config(config, prefix=""):
