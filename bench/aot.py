@@ -15,7 +15,7 @@ starts included, summed per kind), and seconds to lower and to compile.
 
 `--batch_size` sets `train.global_batch_size` (train) or the number of images sampled at once (sample);
 the mesh is the config's `mesh` (override with `--config.mesh.fsdp=...`). VAR needs no VQVAE export
-here: a random quantizer of the same shapes stands in (see `VarGeneratorTask.use_random_quantizer`).
+here: a random quantizer of the same shapes stands in (see `VarTask.use_random_quantizer`).
 """
 
 import os

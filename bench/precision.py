@@ -68,7 +68,7 @@ def var(batch: int) -> dict:
     quantizer = MultiScaleResidualQuantizer(codebook_size=vq.codebook_size, code_dim=vq.code_dim,
                                             patch_nums=tuple(vq.patch_nums), beta=vq.beta, quant_resi=vq.quant_resi,
                                             share_quant_resi=vq.share_quant_resi)
-    from titok_var.tasks.var_tokenizer import split_token_maps
+    from titok_var.tasks.var_vqvae import split_token_maps
 
     maps = [jnp.zeros((1, p, p), jnp.int32) for p in vq.patch_nums]
     q_params = jax.jit(lambda k: quantizer.init(k, maps, method=MultiScaleResidualQuantizer.indices_to_var_input))(

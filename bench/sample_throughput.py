@@ -42,7 +42,7 @@ from titok_var.generation.var_sampling import QuantizerOps, sample_scales  # noq
 from titok_var.quantizers import multiscale  # noqa: E402
 from titok_var.quantizers.multiscale import MultiScaleResidualQuantizer  # noqa: E402
 from titok_var.sharding import mesh as mesh_lib  # noqa: E402
-from titok_var.tasks.tokenizer import DTYPES  # noqa: E402
+from titok_var.tasks.titok import DTYPES  # noqa: E402
 from titok_var.training import state_init, trainer  # noqa: E402
 
 _RUNS = flags.DEFINE_integer("runs", 5, "Timed sampler calls (the median is reported).")

@@ -111,8 +111,9 @@ def titok_config(variant: str, arg=None):
         config.loss = stage2_loss_config()
         config.optimizer.update(warmup_steps=5_000, b2=0.999)
         config.train.num_steps = 500_000
-        config.init = ml_collections.ConfigDict(
-            dict(stage1_export="", vqgan_weights="", preset=vqgan_preset, random_init=False))
+        # The VQGAN whose decoder becomes the pixel decoder is named once: model.pixel_decoder
+        # (architecture) and proxy.vqgan_weights (weights), as in stage 1.
+        config.init = ml_collections.ConfigDict(dict(stage1_export="", random_init=False))
     if args.runlocal:
         config.model.update(image_size=32, patch_size=8, dtype="float32")
         config.data.update(name="shapes", image_size=32, shapes_num_train=2048, shapes_num_eval=256)
@@ -127,7 +128,7 @@ def titok_config(variant: str, arg=None):
             config.proxy.update(preset="tiny", random_init=True)
         if args.stage == "stage2":
             config.model.pixel_decoder = "tiny"
-            config.init.update(preset="tiny", random_init=True)
+            config.init.random_init = True
             config.loss.update(perceptual_loss="lpips", perceptual_random_init=True, discriminator_start=5,
                                discriminator_warmup_steps=2,
                                discriminator_channels=16, discriminator_stages=1, discriminator_norm_groups=4,

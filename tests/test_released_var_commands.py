@@ -12,7 +12,7 @@ from PIL import Image
 from tests import released_commands as rc
 from titok_var.data import shapes
 from titok_var.generation.edit_masks import box_keep_mask, per_scale_keep_masks
-from titok_var.tasks.var_tokenizer import split_token_maps
+from titok_var.tasks.var_vqvae import split_token_maps
 
 
 def test_var_release_through_every_command(tmp_path):

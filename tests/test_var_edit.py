@@ -12,7 +12,7 @@ from titok_var.data import shapes
 from titok_var.data.sources import CorruptImageError
 from titok_var.data.transforms import eval_transform
 from titok_var.generation.edit_masks import per_scale_keep_masks
-from titok_var.tasks.var_tokenizer import split_token_maps
+from titok_var.tasks.var_vqvae import split_token_maps
 from titok_var.tools import var_edit
 from titok_var.training import trainer
 

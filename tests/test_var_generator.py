@@ -12,7 +12,7 @@ import pytest
 
 from titok_var.data import pipeline, shapes
 from titok_var.generation.var_sampling import sample_scales
-from titok_var.tasks.var_tokenizer import split_token_maps
+from titok_var.tasks.var_vqvae import split_token_maps
 from titok_var.tools import sample
 from titok_var.training import data_feed, inference, state_init, trainer
 from tests.test_generator_quality import dominant_colour
@@ -162,7 +162,7 @@ def test_tokenizing_in_the_step_equals_training_on_pre_tokenized_shards(tiny_var
     # The same centre crops, tokenized by pre-tokenization or by the frozen VQVAE inside the step,
     # give the same batches (same index order, same token ids), hence the same losses.
     from titok_var import registry
-    from titok_var.tasks.var_generator import VarOnlineTokensTask
+    from titok_var.tasks.var import VarOnlineTokensTask
 
     shards = tiny_var_run["config"].copy_and_resolve_references()
     shards.train.update(num_steps=3, checkpoint_every_steps=3)

@@ -7,7 +7,7 @@ import pytest
 
 from titok_var import registry
 from titok_var.data import builder, token_shards
-from titok_var.tasks.var_tokenizer import flatten_token_maps, split_token_maps
+from titok_var.tasks.var_vqvae import flatten_token_maps, split_token_maps
 from titok_var.tools import export, pretokenize
 from titok_var.training import trainer
 from tests.helpers import tiny_var_vqvae_config

@@ -1,18 +1,18 @@
 """Model families by name: `config.model_name` picks the task that builds, trains and evaluates it."""
 
-from titok_var.tasks.generator import GeneratorTask
+from titok_var.tasks.maskgit import MaskGitTask
 from titok_var.tasks.titok_stages import DecoderFinetuneTask, ProxyCodeTask
-from titok_var.tasks.tokenizer import TokenizerTask
-from titok_var.tasks.var_generator import VarGeneratorTask
-from titok_var.tasks.var_tokenizer import VarTokenizerTask
+from titok_var.tasks.titok import TiTokTask
+from titok_var.tasks.var import VarTask
+from titok_var.tasks.var_vqvae import VarVQVAETask
 
 TASKS = {
-    "titok": TokenizerTask,
+    "titok": TiTokTask,
     "titok_stage1": ProxyCodeTask,
     "titok_stage2": DecoderFinetuneTask,
-    "maskgit": GeneratorTask,
-    "var_vqvae": VarTokenizerTask,
-    "var": VarGeneratorTask,
+    "maskgit": MaskGitTask,
+    "var_vqvae": VarVQVAETask,
+    "var": VarTask,
 }
 
 

@@ -24,7 +24,7 @@ from titok_var.models import maskgit_vqgan
 from titok_var.models.maskgit_vqgan import MaskGitVQGAN
 from titok_var.models.titok import TiTok, proxy_code_grid
 from titok_var.tasks.pixel_losses import PixelLossTerms
-from titok_var.tasks.tokenizer import build_titok
+from titok_var.tasks.titok import build_titok
 
 FROZEN_IN_STAGE2 = ("latent_tokens", "encoder", "quantize")
 
@@ -201,7 +201,7 @@ class DecoderFinetuneTask(_TiTokBase):
                                     "`main.py --mode export` folder of a titok_stage1 run")
         if not init.get("random_init", False):
             vqgan = MaskGitVQGAN(**_vqgan_fields(self.config.model.pixel_decoder))
-            overrides["pixel_vqgan"] = maskgit_vqgan.pixel_decoder_params(load_vqgan_params(init, vqgan))
+            overrides["pixel_vqgan"] = maskgit_vqgan.pixel_decoder_params(load_vqgan_params(self.config.proxy, vqgan))
         task_state = self.pixel_terms.initial_overrides()
         return {k: v for k, v in (("params", overrides), ("task_state", task_state)) if v} or None
 

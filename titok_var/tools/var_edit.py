@@ -36,8 +36,8 @@ from titok_var.data.transforms import eval_transform, resize_from_config
 from titok_var.evaluation import image_grid
 from titok_var.generation.edit_masks import box_keep_mask, mask_from_image, per_scale_keep_masks
 from titok_var.generation.var_sampling import VarSamplingSettings, sample_scales
-from titok_var.tasks.var_generator import VarGeneratorTask
-from titok_var.tasks.var_tokenizer import split_token_maps
+from titok_var.tasks.var import VarTask
+from titok_var.tasks.var_vqvae import split_token_maps
 from titok_var.training import inference
 
 # Pixels the VAR generates are shown as this grey in the "masked input" tile.
@@ -142,7 +142,7 @@ def _sample_edits(task, settings, params, known_maps, scale_masks, labels, key):
                          known_tokens=known, keep_masks=scale_masks)
 
 
-def edit_tokens(task: VarGeneratorTask, params, image_tokens, keep_mask, labels, key,
+def edit_tokens(task: VarTask, params, image_tokens, keep_mask, labels, key,
                 settings: VarSamplingSettings | None = None):
     """Samples edits of one tokenized image -> (tokens (B, L) int32, f_hat (B, h, w, C)).
 

@@ -13,7 +13,7 @@ from titok_var.evaluation import codebook_stats, image_metrics, reconstruction_f
 from titok_var.losses.reconstruction import reconstruction_loss
 from titok_var.models.var_vqvae import VQVAE
 from titok_var.tasks.pixel_losses import PixelLossTerms
-from titok_var.tasks.tokenizer import compute_dtype
+from titok_var.tasks.titok import compute_dtype
 
 
 def build_var_vqvae(model_config) -> VQVAE:
@@ -40,7 +40,7 @@ def split_token_maps(tokens, patch_nums) -> list:
     return maps
 
 
-class VarTokenizerTask:
+class VarVQVAETask:
     """Trains the multi-scale VQVAE; evaluates PSNR, SSIM, codebook usage (per scale) and rFID."""
 
     def __init__(self, config):

@@ -20,8 +20,8 @@ from titok_var.models.var import VAR, scale_spans
 from titok_var.models.var_vqvae import VQVAE
 from titok_var.quantizers.multiscale import MultiScaleResidualQuantizer, random_host_params
 from titok_var.sharding import mesh as mesh_lib
-from titok_var.tasks.tokenizer import compute_dtype
-from titok_var.tasks.var_tokenizer import split_token_maps
+from titok_var.tasks.titok import compute_dtype
+from titok_var.tasks.var_vqvae import split_token_maps
 
 
 def build_var(model_config) -> VAR:
@@ -31,7 +31,7 @@ def build_var(model_config) -> VAR:
     return VAR(**fields)
 
 
-class VarGeneratorTask:
+class VarTask:
     """Trains VAR with teacher forcing (uniform CE over all L tokens); samples with CFG + top-k/p."""
 
     def __init__(self, config):
@@ -41,7 +41,7 @@ class VarGeneratorTask:
         self.settings = VarSamplingSettings(**dict(config.sampling))
 
     @classmethod
-    def for_config(cls, config) -> "VarGeneratorTask":
+    def for_config(cls, config) -> "VarTask":
         """Pre-tokenized shards (data.name="tokens") or images tokenized in the step (any image data)."""
         return cls(config) if config.data.name == "tokens" else VarOnlineTokensTask(config)
 
@@ -219,7 +219,7 @@ class VarGeneratorTask:
 _ENCODING_PARAMS = ("encoder", "quant_conv", "quantize")
 
 
-class VarOnlineTokensTask(VarGeneratorTask):
+class VarOnlineTokensTask(VarTask):
     """VAR over image batches: the frozen VQVAE encoder (in the train state's `task_state`, loaded
     from the export before the first step and replicated) tokenizes each batch inside the step, so
     every epoch sees the data pipeline's fresh random crops, as the official trainer does.

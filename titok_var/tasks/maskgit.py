@@ -14,7 +14,7 @@ from titok_var.generation.maskgit_sampling import SamplingSettings, sample_token
 from titok_var.losses import masked_tokens
 from titok_var.models.maskgit import ImageBert, UViTBert
 from titok_var.sharding import mesh as mesh_lib
-from titok_var.tasks.tokenizer import compute_dtype
+from titok_var.tasks.titok import compute_dtype
 
 ARCHITECTURES = {"imagebert": ImageBert, "uvit": UViTBert}
 
@@ -35,7 +35,7 @@ def sampling_settings(config) -> SamplingSettings:
     return SamplingSettings(**dict(config.sampling))
 
 
-class GeneratorTask:
+class MaskGitTask:
     """Trains the bidirectional generator; evaluates masked-token loss/accuracy and samples a grid."""
 
     def __init__(self, config):

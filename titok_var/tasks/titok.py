@@ -22,7 +22,7 @@ def build_titok(model_config) -> TiTok:
     return TiTok(**fields)
 
 
-class TokenizerTask:
+class TiTokTask:
     """Trains TiTok to reconstruct pixels; evaluates PSNR, SSIM and codebook usage."""
 
     def __init__(self, config):
