@@ -69,7 +69,7 @@ MUTANTS = (
            "return settings.randomize_temperature * (1.0 - step_ratios(settings))",
            "return settings.randomize_temperature * np.ones(settings.num_steps)",
            ("tests/test_maskgit.py",)),
-    Mutant("eval_psnr_counts_padding", "titok_var/tasks/titok.py",
+    Mutant("eval_psnr_counts_padding", "titok_var/evaluation/reconstruction_sums.py",
            '"psnr": jnp.sum(image_metrics.psnr(images, reconstructions) * weights),',
            '"psnr": jnp.sum(image_metrics.psnr(images, reconstructions)),',
            ("tests/test_eval_metrics_padding.py",)),

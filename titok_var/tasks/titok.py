@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from titok_var.evaluation import codebook_stats, image_metrics, reconstruction_fid
+from titok_var.evaluation import codebook_stats, reconstruction_fid, reconstruction_sums
 from titok_var.losses.reconstruction import reconstruction_loss
 from titok_var.models.titok import TiTok
 
@@ -84,31 +84,14 @@ class TiTokTask:
     def eval_step(self, params, batch):
         images, mask = batch["image"], batch["mask"]
         reconstructions, aux = self.reconstruct(params, images)
-        weights = mask.astype(jnp.float32)
-        sums = {
-            "count": jnp.sum(weights),
-            "psnr": jnp.sum(image_metrics.psnr(images, reconstructions) * weights),
-            "ssim": jnp.sum(image_metrics.ssim(images, reconstructions) * weights),
-            "mse": jnp.sum(jnp.mean(jnp.square(images - reconstructions), axis=(1, 2, 3)) * weights),
-            "code_counts": codebook_stats.code_histogram(
-                aux["indices"], self.config.model.codebook_size, mask=mask
-            ),
-        }
+        sums = dict(reconstruction_sums.image_sums(images, reconstructions, mask),
+                    code_counts=codebook_stats.code_histogram(aux["indices"], self.config.model.codebook_size, mask=mask))
         n = self.config.eval.grid_images
         preview = {"original": images[:n], "reconstruction": reconstructions[:n]}
         return sums, preview
 
     def summarize_eval(self, sums):
-        count = max(float(sums["count"]), 1.0)
-        counts = np.asarray(sums["code_counts"])
-        return {
-            "psnr": float(sums["psnr"]) / count,
-            "ssim": float(sums["ssim"]) / count,
-            "mse": float(sums["mse"]) / count,
-            "codebook_usage": float(codebook_stats.codebook_usage(counts)),
-            "codebook_perplexity": float(codebook_stats.codebook_perplexity(counts)),
-            "num_examples": float(sums["count"]),
-        }
+        return {**reconstruction_sums.image_means(sums), **reconstruction_sums.codebook_metrics(sums["code_counts"])}
 
     def eval_features(self):
         """fn(params, batch) -> Inception features for rFID, or None without `eval.inception_weights`."""

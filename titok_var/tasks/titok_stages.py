@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from titok_var.data import proxy_code_table
-from titok_var.evaluation import codebook_stats, image_metrics, reconstruction_fid
+from titok_var.evaluation import codebook_stats, image_metrics, reconstruction_fid, reconstruction_sums
 from titok_var.losses.reconstruction import reconstruction_loss
 from titok_var.models import maskgit_vqgan
 from titok_var.models.maskgit_vqgan import MaskGitVQGAN
@@ -233,23 +233,13 @@ class DecoderFinetuneTask(_TiTokBase):
         images, mask = batch["image"], batch["mask"]
         reconstructions, aux = self.reconstruct(params, images)
         reconstructions = jnp.clip(reconstructions, 0.0, 1.0)
-        weights = mask.astype(jnp.float32)
-        sums = {
-            "count": jnp.sum(weights),
-            "psnr": jnp.sum(image_metrics.psnr(images, reconstructions) * weights),
-            "ssim": jnp.sum(image_metrics.ssim(images, reconstructions) * weights),
-            "code_counts": codebook_stats.code_histogram(aux["indices"], self.config.model.codebook_size, mask=mask),
-        }
+        sums = dict(reconstruction_sums.image_sums(images, reconstructions, mask),
+                    code_counts=codebook_stats.code_histogram(aux["indices"], self.config.model.codebook_size, mask=mask))
         n = self.config.eval.grid_images
         return sums, {"original": images[:n], "reconstruction": reconstructions[:n]}
 
     def summarize_eval(self, sums):
-        count = max(float(sums["count"]), 1.0)
-        counts = np.asarray(sums["code_counts"])
-        return {"psnr": float(sums["psnr"]) / count, "ssim": float(sums["ssim"]) / count,
-                "codebook_usage": codebook_stats.codebook_usage(counts),
-                "codebook_perplexity": codebook_stats.codebook_perplexity(counts),
-                "num_examples": float(sums["count"])}
+        return {**reconstruction_sums.image_means(sums), **reconstruction_sums.codebook_metrics(sums["code_counts"])}
 
     def eval_features(self):
         return reconstruction_fid.make_reconstruction_features(

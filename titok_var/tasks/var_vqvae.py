@@ -9,7 +9,7 @@ when `eval.inception_weights` is set.
 import jax.numpy as jnp
 import numpy as np
 
-from titok_var.evaluation import codebook_stats, image_metrics, reconstruction_fid
+from titok_var.evaluation import codebook_stats, reconstruction_fid, reconstruction_sums
 from titok_var.losses.reconstruction import reconstruction_loss
 from titok_var.models.var_vqvae import VQVAE
 from titok_var.tasks.pixel_losses import PixelLossTerms
@@ -128,31 +128,15 @@ class VarVQVAETask:
     def eval_step(self, params, batch):
         images, mask = batch["image"], batch["mask"]
         reconstructions, aux = self.reconstruct(params, images)
-        weights = mask.astype(jnp.float32)
         size = self.model.codebook_size
         per_scale = jnp.stack([codebook_stats.code_histogram(idx, size, mask=mask) for idx in aux["indices"]])
-        sums = {
-            "count": jnp.sum(weights),
-            "psnr": jnp.sum(image_metrics.psnr(images, reconstructions) * weights),
-            "ssim": jnp.sum(image_metrics.ssim(images, reconstructions) * weights),
-            "mse": jnp.sum(jnp.mean(jnp.square(images - reconstructions), axis=(1, 2, 3)) * weights),
-            "code_counts_per_scale": per_scale,
-        }
+        sums = dict(reconstruction_sums.image_sums(images, reconstructions, mask), code_counts_per_scale=per_scale)
         n = self.config.eval.grid_images
         return sums, {"original": images[:n], "reconstruction": reconstructions[:n]}
 
     def summarize_eval(self, sums):
-        count = max(float(sums["count"]), 1.0)
         per_scale = np.asarray(sums["code_counts_per_scale"])
-        total = per_scale.sum(axis=0)
-        metrics = {
-            "psnr": float(sums["psnr"]) / count,
-            "ssim": float(sums["ssim"]) / count,
-            "mse": float(sums["mse"]) / count,
-            "codebook_usage": codebook_stats.codebook_usage(total),
-            "codebook_perplexity": codebook_stats.codebook_perplexity(total),
-            "num_examples": float(sums["count"]),
-        }
+        metrics = {**reconstruction_sums.image_means(sums), **reconstruction_sums.codebook_metrics(per_scale.sum(axis=0))}
         for si, (pn, counts) in enumerate(zip(self.patch_nums, per_scale)):
             metrics[f"codebook_usage_scale{si}_{pn}x{pn}"] = codebook_stats.codebook_usage(counts)
         return metrics
