@@ -79,7 +79,7 @@ MUTANTS = (
            ("tests/test_training_pieces.py",)),
     Mutant("var_lr_hold_skipped", "titok_var/training/optimizer.py",
            "after = jnp.where(progress < VAR_HOLD_FRACTION, peak, decay)", "after = decay",
-           ("tests/test_var_recipes.py", "tests/test_training_pieces.py")),
+           ("tests/test_var_recipes.py::test_lin0_learning_rate_is_the_official_curve_over_a_d16_run",)),
     Mutant("data_processes_overlap", "titok_var/data/pipeline.py",
            "start = step * global_batch_size + process_index * local",
            "start = step * global_batch_size + process_index",

@@ -100,3 +100,28 @@ def test_weight_decay_ramps_as_the_official_curve_on_decayed_parameters_only():
         expected = -float(lr(step)) * official_weight_decay(step, 11, 0.05, 0.08)
         np.testing.assert_allclose(updates["head"]["kernel"], expected, rtol=1e-5)
         assert float(jnp.abs(updates["pos_start"]).max()) == 0.0 and float(jnp.abs(updates["bias"]).max()) == 0.0
+
+
+def official_lin0_lr(it, peak, wp_it, max_it, wp0=0.005, wpe=0.1):
+    """utils/lr_control.py::lr_wd_annealing with sche='lin0': warm-up from wp0, the peak for the
+    first 5% of the post-warm-up span, then linear to wpe * peak at the last iteration."""
+    if it < wp_it:
+        return peak * (wp0 + (1 - wp0) * it / wp_it)
+    passed = (it - wp_it) / (max_it - 1 - wp_it)
+    if passed < 0.05:
+        return peak
+    return peak * (wpe + (1 - wpe) * (1 - passed) / 0.95)
+
+
+def test_lin0_learning_rate_is_the_official_curve_over_a_d16_run():
+    config = var_d16.get_config()
+    schedule = optimizer.learning_rate_schedule(config)
+    max_it, wp_it = config.train.num_steps, config.optimizer.warmup_steps
+    assert (max_it, wp_it) == (333_800, 6_676)  # 1669 iterations per epoch x 200 epochs; 4 warm-up epochs
+    for it in (0, 1, 3_000, wp_it - 1, wp_it, 15_000, 23_000, 23_100, max_it // 2, max_it - 2, max_it - 1):
+        expected = official_lin0_lr(it, 3e-4, wp_it, max_it)
+        assert float(schedule(it)) == pytest.approx(expected, rel=1e-5), it
+    # The peak holds until 5% of the post-warm-up span (iteration 23,032), then decays.
+    assert float(schedule(23_000)) == pytest.approx(3e-4, rel=1e-6)
+    assert float(schedule(23_100)) < 3e-4 * (1 - 1e-4)
+    assert float(schedule(max_it - 1)) == pytest.approx(3e-5, rel=1e-5)
