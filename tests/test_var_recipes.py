@@ -125,3 +125,34 @@ def test_lin0_learning_rate_is_the_official_curve_over_a_d16_run():
     assert float(schedule(23_000)) == pytest.approx(3e-4, rel=1e-6)
     assert float(schedule(23_100)) < 3e-4 * (1 - 1e-4)
     assert float(schedule(max_it - 1)) == pytest.approx(3e-5, rel=1e-5)
+
+
+def test_resuming_mid_ramp_continues_the_weight_decay_curve_exactly(tmp_path):
+    # The ramp's step lives in the optimizer state: 3 updates, a save and restore through orbax,
+    # 3 more equal 6 updates in one go, bit for bit; restarting from the parameters alone does not
+    # (the step of the learning-rate and weight-decay curves and Adam's moments are in the state).
+    import orbax.checkpoint as ocp
+
+    small = var_d30.get_config()
+    small.train.num_steps = 6
+    small.optimizer.update(warmup_steps=0, grad_clip_norm=1e9)
+    tx = optimizer.build_optimizer(small)
+    params = {"head": {"kernel": jnp.full((2, 2), 1.0)}}
+    grads = {"head": {"kernel": jnp.full((2, 2), 0.1)}}
+
+    def run(state, params, steps):
+        for _ in range(steps):
+            updates, state = tx.update(grads, state, params)
+            params = jax.tree.map(lambda p, u: p + u, params, updates)
+        return state, params
+
+    straight_state, straight = run(tx.init(params), params, 6)
+    state, halfway = run(tx.init(params), params, 3)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "mid", {"state": state, "params": halfway})
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(tmp_path / "mid", {"state": state, "params": halfway})
+    _, resumed = run(restored["state"], restored["params"], 3)
+    np.testing.assert_array_equal(resumed["head"]["kernel"], straight["head"]["kernel"])
+    _, restarted = run(tx.init(halfway), halfway, 3)
+    assert not np.array_equal(restarted["head"]["kernel"], straight["head"]["kernel"])
