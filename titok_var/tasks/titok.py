@@ -1,11 +1,11 @@
 """TiTok trained single-stage in pixel space: reconstruction + quantizer losses."""
 
 import jax.numpy as jnp
-import numpy as np
 
-from titok_var.evaluation import codebook_stats, reconstruction_fid, reconstruction_sums
+from titok_var.evaluation import codebook_stats, reconstruction_sums
 from titok_var.losses.reconstruction import reconstruction_loss
 from titok_var.models.titok import TiTok
+from titok_var.tasks.reconstruction_eval import ReconstructionEval
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -22,7 +22,7 @@ def build_titok(model_config) -> TiTok:
     return TiTok(**fields)
 
 
-class TiTokTask:
+class TiTokTask(ReconstructionEval):
     """Trains TiTok to reconstruct pixels; evaluates PSNR, SSIM and codebook usage."""
 
     def __init__(self, config):
@@ -92,15 +92,3 @@ class TiTokTask:
 
     def summarize_eval(self, sums):
         return {**reconstruction_sums.image_means(sums), **reconstruction_sums.codebook_metrics(sums["code_counts"])}
-
-    def eval_features(self):
-        """fn(params, batch) -> Inception features for rFID, or None without `eval.inception_weights`."""
-        return reconstruction_fid.make_reconstruction_features(
-            self.config.eval.get("inception_weights"), lambda params, images: self.reconstruct(params, images)[0],
-            self.config.eval.get("inception_convention", "adm"))
-
-    def summarize_features(self, feature_stats):
-        return reconstruction_fid.summarize_reconstruction_features(feature_stats)
-
-    def preview_rows(self, preview):
-        return [np.asarray(preview["original"]), np.asarray(preview["reconstruction"])]

@@ -18,13 +18,14 @@ import numpy as np
 import optax
 
 from titok_var.data import proxy_code_table
-from titok_var.evaluation import codebook_stats, image_metrics, reconstruction_fid, reconstruction_sums
+from titok_var.evaluation import codebook_stats, image_metrics, reconstruction_sums
 from titok_var.losses.reconstruction import reconstruction_loss
 from titok_var.models import maskgit_vqgan
 from titok_var.models.maskgit_vqgan import MaskGitVQGAN
 from titok_var.models.titok import TiTok, proxy_code_grid
 from titok_var.tasks.pixel_losses import PixelLossTerms
 from titok_var.tasks.titok import build_titok
+from titok_var.tasks.reconstruction_eval import ReconstructionEval
 
 FROZEN_IN_STAGE2 = ("latent_tokens", "encoder", "quantize")
 
@@ -167,7 +168,7 @@ class ProxyCodeTask(_TiTokBase):
         return [np.asarray(preview[k]) for k in ("original", "vqgan", "titok")]
 
 
-class DecoderFinetuneTask(_TiTokBase):
+class DecoderFinetuneTask(ReconstructionEval, _TiTokBase):
     """Stage 2: frozen encoder/quantizer; decoder + pixel decoder on l2 + perceptual + GAN."""
 
     def __init__(self, config):
@@ -240,15 +241,3 @@ class DecoderFinetuneTask(_TiTokBase):
 
     def summarize_eval(self, sums):
         return {**reconstruction_sums.image_means(sums), **reconstruction_sums.codebook_metrics(sums["code_counts"])}
-
-    def eval_features(self):
-        return reconstruction_fid.make_reconstruction_features(
-            self.config.eval.get("inception_weights"),
-            lambda params, images: jnp.clip(self.reconstruct(params, images)[0], 0.0, 1.0),
-            self.config.eval.get("inception_convention", "adm"))
-
-    def summarize_features(self, feature_stats):
-        return reconstruction_fid.summarize_reconstruction_features(feature_stats)
-
-    def preview_rows(self, preview):
-        return [np.asarray(preview["original"]), np.asarray(preview["reconstruction"])]

@@ -9,11 +9,12 @@ when `eval.inception_weights` is set.
 import jax.numpy as jnp
 import numpy as np
 
-from titok_var.evaluation import codebook_stats, reconstruction_fid, reconstruction_sums
+from titok_var.evaluation import codebook_stats, reconstruction_sums
 from titok_var.losses.reconstruction import reconstruction_loss
 from titok_var.models.var_vqvae import VQVAE
 from titok_var.tasks.pixel_losses import PixelLossTerms
 from titok_var.tasks.titok import compute_dtype
+from titok_var.tasks.reconstruction_eval import ReconstructionEval
 
 
 def build_var_vqvae(model_config) -> VQVAE:
@@ -40,7 +41,7 @@ def split_token_maps(tokens, patch_nums) -> list:
     return maps
 
 
-class VarVQVAETask:
+class VarVQVAETask(ReconstructionEval):
     """Trains the multi-scale VQVAE; evaluates PSNR, SSIM, codebook usage (per scale) and rFID."""
 
     def __init__(self, config):
@@ -140,14 +141,3 @@ class VarVQVAETask:
         for si, (pn, counts) in enumerate(zip(self.patch_nums, per_scale)):
             metrics[f"codebook_usage_scale{si}_{pn}x{pn}"] = codebook_stats.codebook_usage(counts)
         return metrics
-
-    def eval_features(self):
-        return reconstruction_fid.make_reconstruction_features(
-            self.config.eval.get("inception_weights"), lambda params, images: self.reconstruct(params, images)[0],
-            self.config.eval.get("inception_convention", "adm"))
-
-    def summarize_features(self, feature_stats):
-        return reconstruction_fid.summarize_reconstruction_features(feature_stats)
-
-    def preview_rows(self, preview):
-        return [np.asarray(preview["original"]), np.asarray(preview["reconstruction"])]
