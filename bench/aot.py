@@ -37,6 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from bench import train_step  # noqa: E402  (defines --config and --batch_size, shared with the other benchmarks)
 from bench.train_step import synthetic_batch  # noqa: E402
+from titok_var.checkpointing.manager import placed  # noqa: E402
 from titok_var.sharding import mesh as mesh_lib  # noqa: E402
 from titok_var.training import trainer  # noqa: E402
 
@@ -89,17 +90,12 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
     return totals
 
 
-def _abstract(tree, shardings):
-    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                        tree, shardings)
-
-
 def train_program(exp, batch_size: int):
     """(jitted train step, abstract args): the state and a batch, sharded as in training."""
     batch_sharding = mesh_lib.batch_sharding(exp.mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
              for k, v in synthetic_batch_shapes(exp.config, batch_size).items()}
-    return trainer.jit_train_step(exp), (_abstract(exp.layout.abstract, exp.layout.shardings), batch)
+    return trainer.jit_train_step(exp), (placed(exp.layout.abstract, exp.layout.shardings), batch)
 
 
 def synthetic_batch_shapes(config, batch_size: int) -> dict:
@@ -117,7 +113,7 @@ def sample_program(exp, batch_size: int):
     replicated = NamedSharding(exp.mesh, PartitionSpec())
     labels = jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=mesh_lib.batch_sharding(exp.mesh))
     key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=replicated)
-    params = _abstract(exp.layout.abstract.params, exp.layout.shardings.params)
+    params = placed(exp.layout.abstract.params, exp.layout.shardings.params)
     return jax.jit(sample), (params, labels, key)
 
 

@@ -70,3 +70,23 @@ def train_tiny_var_pipeline(root):
     config = tiny_var_config(export_dir, vq_config.data, data_dir)
     result = trainer.train(config, str(root / "var"))
     return dict(config=config, result=result, workdir=str(root / "var"), vq_config=vq_config, export_dir=export_dir)
+
+
+def run_train_steps(config, devices, num_steps: int):
+    """(state, per-step metrics as floats) of `num_steps` real jitted train steps of `config` on
+    `devices`, from a fresh sharded state and the config's data: the sharded-vs-single-device tests."""
+    import jax
+
+    from titok_var.data import pipeline
+    from titok_var.training import data_feed, state_init, trainer
+
+    exp = trainer.build_experiment(config, "/tmp/unused", devices)
+    with exp.context():
+        state = state_init.create_train_state(exp.task, exp.tx, config, exp.mesh, exp.rules, exp.layout)
+        step_fn = trainer.jit_train_step(exp)
+        batches = data_feed.train_iterator(config, exp.mesh, 0, pipeline.PipelineStats())
+        metrics = []
+        for _ in range(num_steps):
+            state, step_metrics = step_fn(state, next(batches))
+            metrics.append({k: float(v) for k, v in jax.device_get(step_metrics).items() if v.ndim == 0})
+    return state, metrics

@@ -11,9 +11,7 @@ from titok_var import registry
 from titok_var.sharding import logical
 from titok_var.sharding import mesh as mesh_lib
 from titok_var.sharding import rules as rules_lib
-from titok_var.training import data_feed, state_init, trainer
-from titok_var.data import pipeline
-from tests.helpers import tiny_titok_config
+from tests.helpers import run_train_steps, tiny_titok_config
 
 
 def test_resolve_axis_sizes_fills_minus_one_and_rejects_bad_meshes():
@@ -63,16 +61,8 @@ def test_indivisible_parameter_names_the_parameter_and_axis():
 
 
 def _run_steps(config, devices, num_steps):
-    exp = trainer.build_experiment(config, "/tmp/unused", devices)
-    with exp.context():
-        state = state_init.create_train_state(exp.task, exp.tx, config, exp.mesh, exp.rules, exp.layout)
-        step_fn = trainer.jit_train_step(exp)
-        batches = data_feed.train_iterator(config, exp.mesh, 0, pipeline.PipelineStats())
-        losses = []
-        for _ in range(num_steps):
-            state, metrics = step_fn(state, next(batches))
-            losses.append(float(metrics["loss"]))
-    return state, losses
+    state, metrics = run_train_steps(config, devices, num_steps)
+    return state, [m["loss"] for m in metrics]
 
 
 def test_sharded_training_equals_single_device_training():

@@ -14,7 +14,8 @@ from titok_var.data import pipeline, shapes
 from titok_var.generation.var_sampling import sample_scales
 from titok_var.tasks.var_vqvae import split_token_maps
 from titok_var.tools import sample
-from titok_var.training import data_feed, inference, state_init, trainer
+from titok_var.training import data_feed, inference, trainer
+from tests.helpers import run_train_steps
 from tests.test_generator_quality import dominant_colour
 
 @pytest.fixture(scope="module")
@@ -130,16 +131,8 @@ def test_sharded_training_equals_single_device_over_three_steps_in_every_paramet
     config = config.copy_and_resolve_references()
 
     def three_steps(devices):
-        exp = trainer.build_experiment(config, "/tmp/unused", devices)
-        with exp.context():
-            state = state_init.create_train_state(exp.task, exp.tx, config, exp.mesh, exp.rules, exp.layout)
-            step_fn = trainer.jit_train_step(exp)
-            batches = data_feed.train_iterator(config, exp.mesh, 0, pipeline.PipelineStats())
-            losses = []
-            for _ in range(3):
-                state, metrics = step_fn(state, next(batches))
-                losses.append((float(metrics["loss"]), float(metrics["grad_norm"])))
-        return jax.device_get(state.params), losses
+        state, metrics = run_train_steps(config, devices, 3)
+        return jax.device_get(state.params), [(m["loss"], m["grad_norm"]) for m in metrics]
 
     sharded_params, sharded_losses = three_steps(jax.devices()[:8])
     single_params, single_losses = three_steps(jax.devices()[:1])

@@ -143,35 +143,35 @@ class Checkpointer:
             raise CheckpointMismatchError(f"{where} does not fit this model: {problem}")
         return meta
 
-    def restore(self, step: int, abstract_state: TrainState, shardings: TrainState, model_name: str,
-                verified: bool = False):
-        """Restores `step` into the given shardings (any mesh); returns (state, meta). `verified`:
-        the caller has just checked its checksums (newest_intact_step), so they are not read twice."""
+    def _checked_meta(self, step: int, model_name: str, abstract_params, verified: bool) -> dict[str, Any]:
+        """The meta of `step` once it exists, matches its checksums (unless just `verified`) and fits
+        the model."""
         if step not in self.manager.all_steps():
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
             )
         if not verified:
             self.verify(step)
+        return self._read(step, "read", lambda: self.check_compatible(step, model_name, abstract_params))
+
+    def _read(self, step: int, what: str, read):
+        """`read()`, naming the step and folder when orbax / tensorstore fail on a damaged step that
+        has no checksums; a model mismatch passes through as it is."""
         try:
-            meta = self.check_compatible(step, model_name, abstract_state.params)
+            return read()
         except CheckpointMismatchError:
             raise
-        except Exception as e:  # orbax / tensorstore errors on a damaged step without checksums
-            raise checksums.DamagedCheckpointError(
-                f"{self.describe(step)} cannot be read ({type(e).__name__}: {e}); folder {self.step_dir(step)}") from e
-        target = jax.tree.map(
-            lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-            abstract_state,
-            shardings,
-        )
-        try:
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-            )
         except Exception as e:
             raise checksums.DamagedCheckpointError(
-                f"{self.describe(step)} cannot be restored ({type(e).__name__}: {e}); folder {self.step_dir(step)}") from e
+                f"{self.describe(step)} cannot be {what} ({type(e).__name__}: {e}); folder {self.step_dir(step)}") from e
+
+    def restore(self, step: int, abstract_state: TrainState, shardings: TrainState, model_name: str,
+                verified: bool = False):
+        """Restores `step` into the given shardings (any mesh); returns (state, meta). `verified`:
+        the caller has just checked its checksums (newest_intact_step), so they are not read twice."""
+        meta = self._checked_meta(step, model_name, abstract_state.params, verified)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(placed(abstract_state, shardings)))
+        restored = self._read(step, "restored", lambda: self.manager.restore(step, args=args))
         return restored["state"], meta
 
     def restore_params(self, step: int, abstract_params, param_shardings, model_name: str, *, use_ema: bool,
@@ -179,34 +179,17 @@ class Checkpointer:
         """What inference needs from `step`, and nothing else (no optimizer moments): the EMA
         parameters when `use_ema` and the step holds them, else the raw ones, and the task's
         auxiliary state when its abstract tree is given. Returns (params, task_state, used_ema)."""
-        if step not in self.manager.all_steps():
-            raise FileNotFoundError(
-                f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
-            )
-        self.verify(step)
+        self._checked_meta(step, model_name, abstract_params, verified=False)
         state_dir = self.step_dir(step) / "state"
-        try:
-            self.check_compatible(step, model_name, abstract_params)
-            stored = dict(ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata)
-        except CheckpointMismatchError:
-            raise
-        except Exception as e:  # orbax / tensorstore errors on a damaged step without checksums
-            raise checksums.DamagedCheckpointError(
-                f"{self.describe(step)} cannot be read ({type(e).__name__}: {e}); folder {self.step_dir(step)}") from e
+        stored = self._read(step, "read", lambda: dict(ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata))
         used_ema = bool(use_ema and jax.tree.leaves(stored.get("ema_params")))
-        wanted = {"ema_params" if used_ema else "params": (abstract_params, param_shardings)}
+        item = {"ema_params" if used_ema else "params": placed(abstract_params, param_shardings)}
         if abstract_task_state is not None and jax.tree.leaves(abstract_task_state):
-            wanted["task_state"] = (abstract_task_state, task_state_shardings)
-        item = {name: jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                                   tree, shardings) for name, (tree, shardings) in wanted.items()}
+            item["task_state"] = placed(abstract_task_state, task_state_shardings)
         restore_args = jax.tree.map(
             lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape, dtype=t.dtype), item)
-        try:
-            restored = ocp.PyTreeCheckpointer().restore(
-                state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
-        except Exception as e:
-            raise checksums.DamagedCheckpointError(
-                f"{self.describe(step)} cannot be restored ({type(e).__name__}: {e}); folder {self.step_dir(step)}") from e
+        args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+        restored = self._read(step, "restored", lambda: ocp.PyTreeCheckpointer().restore(state_dir, args=args))
         params = restored["ema_params" if used_ema else "params"]
         return params, restored.get("task_state", abstract_task_state), used_ema
 
@@ -218,6 +201,13 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self._seal()
         self.manager.close()
+
+
+def placed(abstract_tree, shardings):
+    """ShapeDtypeStructs of `abstract_tree` carrying `shardings` (a tree of the same structure):
+    the restore target, or the argument of an ahead-of-time lower, on any mesh."""
+    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                        abstract_tree, shardings)
 
 
 def config_to_json(config) -> dict:

@@ -41,9 +41,8 @@ def make_mesh(requested: Mapping[str, int], devices: Sequence[jax.Device] | None
     devices = list(jax.devices() if devices is None else devices)
     sizes = resolve_axis_sizes(requested, len(devices))
     shape = tuple(sizes[axis] for axis in MESH_AXES)
-    if len(devices) == len(jax.devices()):
-        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-    if devices[0].platform != jax.devices()[0].platform:  # a TPU topology's abstract devices (bench/aot.py)
+    if len(devices) == len(jax.devices()) or devices[0].platform != jax.devices()[0].platform:
+        # Every device, or a TPU topology's abstract devices (bench/aot.py): topology-aware order.
         return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
     # An explicit device subset (tests): keep the given order.
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)

@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from clu import metric_writers
 
 from titok_var.checkpointing import checksums
-from titok_var.checkpointing.manager import describe_mismatch, parameter_shapes
+from titok_var.checkpointing.manager import describe_mismatch, parameter_shapes, placed
 from titok_var.training import evaluation, state_init, trainer
 
 EXPORT_PARAMS_DIR = "params"
@@ -109,8 +109,7 @@ def _from_export(config, export_dir: str, workdir: str | None, devices, compute_
     if problem:
         raise ExportMismatchError(f"{export_dir} does not fit this config's {config.model_name!r} model: "
                                   + problem.replace("checkpoint", "export"))
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, exp.layout.shardings.params)
+    target = placed(abstract, exp.layout.shardings.params)
     params_path = os.path.join(export_dir, EXPORT_PARAMS_DIR)
     if not os.path.isdir(params_path):
         raise FileNotFoundError(f"{params_path} not found: the export {export_dir} is incomplete")

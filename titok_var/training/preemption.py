@@ -53,12 +53,6 @@ class PreemptionWatcher:
         del signum, frame
         self._event.set()
 
-    def request(self):
-        """Asks a single-process run to stop after the current step (as SIGTERM does)."""
-        if jax.process_count() > 1:
-            raise RuntimeError("a multi-process run stops through the preemption sync service: send SIGTERM")
-        self._event.set()
-
     def requested(self, step: int) -> bool:
         """True when the run should checkpoint `step` and stop, the same step on every process.
 
